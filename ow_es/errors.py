@@ -1,0 +1,79 @@
+"""Every error ow-es raises derives from :class:`OwEsError`."""
+
+from __future__ import annotations
+
+
+class OwEsError(Exception):
+    """Base class of all ow-es errors."""
+
+
+class ConfigError(OwEsError):
+    """An invalid setting: a bad URL, schema or namespace name."""
+
+
+class StoreUnavailable(OwEsError):
+    """The database cannot be reached, or was migrated by a newer ow-es."""
+
+
+class ConcurrencyError(OwEsError):
+    """A fenced write was refused: the writer no longer holds the run's claim."""
+
+
+class ValidationError(OwEsError, ValueError):
+    """Input, a result or signal data does not fit its schema or the payload limit."""
+
+
+class RunNotFound(OwEsError, LookupError):
+    """No run with that id exists in this namespace."""
+
+
+class InvalidTransition(OwEsError):
+    """The run's status does not allow the requested change."""
+
+
+class WorkflowFailed(OwEsError):
+    """``handle.result()`` of a run that failed."""
+
+    def __init__(self, run_id: str, error: dict[str, object] | None) -> None:
+        self.run_id = run_id
+        self.error = error or {}
+        self.error_type = str(self.error.get("type", "Error"))
+        self.error_message = str(self.error.get("message", ""))
+        super().__init__(f"run {run_id} failed: {self.error_type}: {self.error_message}")
+
+
+class WorkflowCanceled(OwEsError):
+    """``handle.result()`` of a run that was canceled."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} was canceled")
+
+
+class ResultTimeout(OwEsError, TimeoutError):
+    """``handle.result(timeout=)`` ran out before the run finished."""
+
+
+class StepFailed(OwEsError):
+    """A step spent its retry budget (raised inside the workflow)."""
+
+    def __init__(self, step_name: str, error_type: str, message: str, attempts: int) -> None:
+        self.step_name = step_name
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+        super().__init__(
+            f"step {step_name!r} failed after {attempts} attempt(s): {error_type}: {message}"
+        )
+
+
+class StepTimeout(OwEsError, TimeoutError):
+    """A step attempt ran past its ``timeout=`` (a retryable failure)."""
+
+
+class NonRetryableError(OwEsError):
+    """Raise it (or a subclass) from a step to fail the step at once, without retries."""
+
+
+class StepLimitExceeded(OwEsError):
+    """A run made more step attempts than its workflow's ``max_step_attempts``."""

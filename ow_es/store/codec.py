@@ -1,0 +1,69 @@
+"""Row and event conversions shared by the adapters (msgspec on the hot path)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from ow_es.errors import ValidationError
+from ow_es.events import decode_data
+from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
+from ow_es.projections import Recorded
+
+_encoder = msgspec.json.Encoder()
+JSON_RUN_COLUMNS = frozenset({"input", "output", "error", "waiting_for"})
+JSON_STEP_COLUMNS = frozenset({"input", "output", "error"})
+
+
+def dumps(value: Any) -> str:
+    return _encoder.encode(value).decode()
+
+
+def dumps_or_null(value: Any) -> str | None:
+    return None if value is None else dumps(value)
+
+
+def run_from_row(row: dict[str, Any]) -> WorkflowRun:
+    return msgspec.convert(row, WorkflowRun, strict=False)
+
+
+def step_from_row(row: dict[str, Any]) -> StepAttempt:
+    return msgspec.convert(row, StepAttempt, strict=False)
+
+
+def event_from_row(row: dict[str, Any]) -> Event:
+    return msgspec.convert(row, Event, strict=False)
+
+
+def recorded_from_event(event: Event) -> Recorded:
+    return Recorded(
+        namespace_id=event.namespace_id,
+        run_id=event.run_id,
+        seq=event.seq,
+        created_at=event.created_at,
+        data=decode_data(event.type, event.schema_version, event.data),
+    )
+
+
+def encode_cursor(created_at: datetime, run_id: str) -> str:
+    raw = dumps([created_at.isoformat(), run_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, run_id = msgspec.json.decode(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), str(run_id)
+    except (ValueError, TypeError, msgspec.DecodeError):
+        raise ValidationError(f"invalid cursor {cursor!r}") from None
+
+
+def page_of(runs: list[WorkflowRun], limit: int) -> RunPage:
+    if len(runs) > limit:
+        last = runs[limit - 1]
+        return RunPage(runs=runs[:limit], next_cursor=encode_cursor(last.created_at, last.id))
+    return RunPage(runs=runs, next_cursor=None)

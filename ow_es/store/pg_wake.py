@@ -1,0 +1,99 @@
+"""LISTEN on a dedicated autocommit connection (outside the pool) for wake-ups.
+
+One listener per client serves every worker loop and every ``result()`` waiter of that client.
+A lost connection is retried with backoff; on reconnect every waiter is woken so it re-reads
+(notifications sent meanwhile are lost, and this makes up for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
+
+log = logging.getLogger("ow_es.wake")
+
+
+
+class PostgresWakeChannel:
+    def __init__(self, url: str, ready_channel: str, done_channel: str) -> None:
+        self._url = url
+        self._ready_channel = ready_channel
+        self._done_channel = done_channel
+        self._ready = ReadySignal()
+        self._done = DoneWaiters()
+        self._task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._users = 0
+
+    async def start(self) -> None:
+        self._users += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen_forever(), name="ow-es-listener")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._listening.wait()
+
+    async def stop(self) -> None:
+        self._users = max(0, self._users - 1)
+        if self._users == 0 and self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_ready(self, timeout: float) -> bool:
+        return await self._ready.wait(timeout)
+
+    def subscribe_done(self, run_id: str) -> Waiter:
+        return self._done.subscribe(run_id)
+
+    @property
+    def connected(self) -> bool:
+        return self._listening.is_set()
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any connection trouble: retry, never die
+                log.warning("wake-up listener lost its connection: %s", exc)
+            self._listening.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _listen_once(self) -> None:
+        conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
+            self._url,
+            autocommit=True,
+            connect_timeout=10,
+            # Notice a half-open socket within about a minute instead of hanging forever.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
+        async with conn:
+            for channel in (self._ready_channel, self._done_channel):
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            self._listening.set()
+            # Anything sent while we were not listening is lost: re-check everything now.
+            self._ready.set()
+            self._done.notify_all()
+            while True:
+                async for notify in conn.notifies(timeout=30):
+                    if notify.channel == self._ready_channel:
+                        self._ready.set()
+                    else:
+                        self._done.notify(notify.payload.split(","))
+                # A quiet period: prove the connection is still alive.
+                await conn.execute("SELECT 1")

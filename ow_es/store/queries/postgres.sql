@@ -1,0 +1,126 @@
+-- Queries of the PostgreSQL adapter. Connections have search_path = the ow-es schema.
+-- Parameters are psycopg named placeholders.
+
+-- name: begin_append
+-- Appends hold the reproject gate shared; the statement also fixes the transaction's time.
+SELECT pg_advisory_xact_lock_shared(%(gate)s), now() AS now
+
+-- name: lock_runs
+SELECT * FROM workflow_runs
+WHERE namespace_id = %(ns)s AND id = ANY(%(ids)s)
+ORDER BY id
+FOR UPDATE
+
+-- name: insert_run
+INSERT INTO workflow_runs (
+    namespace_id, id, workflow_name, version, status, input, output, error, attempts,
+    idempotency_key, parent_run_id, parent_step_name, worker_id, claim_token, lease_until,
+    available_at, deadline_at, waiting_for, seq, created_at, started_at, finished_at, updated_at
+) VALUES (
+    %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s,
+    %s, %s, %s, %s, %s, %s,
+    %s, %s, %s::jsonb, %s, %s, %s, %s, %s
+)
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: update_run
+UPDATE workflow_runs SET
+    workflow_name = %s, version = %s, status = %s, input = %s::jsonb, output = %s::jsonb,
+    error = %s::jsonb, attempts = %s, idempotency_key = %s, parent_run_id = %s,
+    parent_step_name = %s, worker_id = %s, claim_token = %s, lease_until = %s,
+    available_at = %s, deadline_at = %s, waiting_for = %s::jsonb, seq = %s, created_at = %s,
+    started_at = %s, finished_at = %s, updated_at = %s
+WHERE namespace_id = %s AND id = %s
+
+-- name: insert_event
+INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
+VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
+
+-- name: upsert_step
+INSERT INTO step_attempts (
+    namespace_id, run_id, step_name, attempt, kind, status, input, output, error,
+    child_run_id, signal_name, started_at, finished_at
+) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s)
+ON CONFLICT (namespace_id, run_id, step_name, attempt) DO UPDATE SET
+    kind = excluded.kind, status = excluded.status, input = excluded.input,
+    output = excluded.output, error = excluded.error, child_run_id = excluded.child_run_id,
+    signal_name = excluded.signal_name, started_at = excluded.started_at,
+    finished_at = excluded.finished_at
+
+-- name: find_by_key
+SELECT * FROM workflow_runs
+WHERE namespace_id = %(ns)s AND workflow_name = %(name)s AND idempotency_key = %(key)s
+
+-- name: claim_ready
+-- Runs that are due (new ones and timers) in due order first; expired leases (whose
+-- available_at is NULL while claimed) last.
+SELECT r.* FROM workflow_runs r
+WHERE r.namespace_id = %(ns)s
+  AND r.status IN ('pending', 'running')
+  AND (r.available_at <= now() OR r.lease_until < now())
+  AND (r.workflow_name, coalesce(r.version, '')) IN (
+      SELECT * FROM unnest(%(names)s::text[], %(versions)s::text[]))
+ORDER BY r.available_at NULLS LAST
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: heartbeat
+UPDATE workflow_runs r SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS c(id, token)
+WHERE r.namespace_id = %(ns)s AND r.id = c.id AND r.claim_token = c.token
+  AND r.status = 'running'
+RETURNING r.id
+
+-- name: next_wake_at
+SELECT least(
+    (SELECT min(available_at) FROM workflow_runs
+     WHERE namespace_id = %(ns)s AND status IN ('pending', 'running') AND available_at > now()
+       AND (workflow_name, coalesce(version, '')) IN (
+           SELECT * FROM unnest(%(names)s::text[], %(versions)s::text[]))),
+    (SELECT min(lease_until) FROM workflow_runs
+     WHERE namespace_id = %(ns)s AND lease_until > now()
+       AND (workflow_name, coalesce(version, '')) IN (
+           SELECT * FROM unnest(%(names)s::text[], %(versions)s::text[])))
+) AS wake_at
+
+-- name: get_run
+SELECT * FROM workflow_runs WHERE namespace_id = %(ns)s AND id = %(id)s
+
+-- name: list_children
+SELECT * FROM workflow_runs WHERE namespace_id = %(ns)s AND parent_run_id = %(id)s
+ORDER BY created_at, id
+
+-- name: step_attempts
+SELECT * FROM step_attempts WHERE namespace_id = %(ns)s AND run_id = %(id)s
+ORDER BY started_at, step_name, attempt
+
+-- name: run_events
+SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at
+FROM events WHERE namespace_id = %(ns)s AND run_id = %(id)s
+ORDER BY seq
+
+-- name: read_log
+-- Only events below the oldest transaction still in progress: nothing can commit behind them.
+SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at,
+       tx_id::text AS tx_id
+FROM events
+WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s)
+  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND namespace_id = %(ns)s
+ORDER BY tx_id, position
+LIMIT %(limit)s
+
+-- name: count_runs
+SELECT workflow_name, status, count(*) AS n FROM workflow_runs
+WHERE namespace_id = %(ns)s GROUP BY workflow_name, status
+
+-- name: list_runs
+SELECT * FROM workflow_runs
+WHERE namespace_id = %(ns)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(workflow)s::text IS NULL OR workflow_name = %(workflow)s)
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::text))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s

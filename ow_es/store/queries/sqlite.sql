@@ -1,0 +1,103 @@
+-- Queries of the SQLite adapter. Times are ISO-8601 UTC text; '?' placeholders.
+-- Workflow filters arrive as a JSON array of [name, version-or-empty] pairs.
+
+-- name: lock_run
+SELECT * FROM workflow_runs WHERE namespace_id = ? AND id = ?
+
+-- name: insert_run
+INSERT INTO workflow_runs (
+    namespace_id, id, workflow_name, version, status, input, output, error, attempts,
+    idempotency_key, parent_run_id, parent_step_name, worker_id, claim_token, lease_until,
+    available_at, deadline_at, waiting_for, seq, created_at, started_at, finished_at, updated_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: update_run
+UPDATE workflow_runs SET
+    workflow_name = ?, version = ?, status = ?, input = ?, output = ?, error = ?, attempts = ?,
+    idempotency_key = ?, parent_run_id = ?, parent_step_name = ?, worker_id = ?,
+    claim_token = ?, lease_until = ?, available_at = ?, deadline_at = ?, waiting_for = ?,
+    seq = ?, created_at = ?, started_at = ?, finished_at = ?, updated_at = ?
+WHERE namespace_id = ? AND id = ?
+
+-- name: insert_event
+INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+
+-- name: upsert_step
+INSERT INTO step_attempts (
+    namespace_id, run_id, step_name, attempt, kind, status, input, output, error,
+    child_run_id, signal_name, started_at, finished_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (namespace_id, run_id, step_name, attempt) DO UPDATE SET
+    kind = excluded.kind, status = excluded.status, input = excluded.input,
+    output = excluded.output, error = excluded.error, child_run_id = excluded.child_run_id,
+    signal_name = excluded.signal_name, started_at = excluded.started_at,
+    finished_at = excluded.finished_at
+
+-- name: find_by_key
+SELECT * FROM workflow_runs WHERE namespace_id = ? AND workflow_name = ? AND idempotency_key = ?
+
+-- name: claim_ready
+SELECT * FROM workflow_runs
+WHERE namespace_id = ?
+  AND status IN ('pending', 'running')
+  AND (available_at <= ? OR lease_until < ?)
+  AND (workflow_name, coalesce(version, '')) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
+ORDER BY available_at IS NULL, available_at
+LIMIT ?
+
+-- name: heartbeat
+UPDATE workflow_runs SET lease_until = ?
+WHERE namespace_id = ? AND status = 'running'
+  AND (id, claim_token) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
+RETURNING id
+
+-- name: next_wake_at
+SELECT min(t) FROM (
+    SELECT min(available_at) AS t FROM workflow_runs
+    WHERE namespace_id = ? AND status IN ('pending', 'running') AND available_at > ?
+      AND (workflow_name, coalesce(version, '')) IN (
+          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
+    UNION ALL
+    SELECT min(lease_until) FROM workflow_runs
+    WHERE namespace_id = ? AND lease_until > ?
+      AND (workflow_name, coalesce(version, '')) IN (
+          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
+)
+
+-- name: get_run
+SELECT * FROM workflow_runs WHERE namespace_id = ? AND id = ?
+
+-- name: list_children
+SELECT * FROM workflow_runs WHERE namespace_id = ? AND parent_run_id = ?
+ORDER BY created_at, id
+
+-- name: step_attempts
+SELECT * FROM step_attempts WHERE namespace_id = ? AND run_id = ?
+ORDER BY started_at, step_name, attempt
+
+-- name: run_events
+SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at
+FROM events WHERE namespace_id = ? AND run_id = ? ORDER BY seq
+
+-- name: read_log
+-- Writers are serialised, so positions commit in order and position > last is safe here.
+SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at
+FROM events WHERE position > ? AND namespace_id = ? ORDER BY position LIMIT ?
+
+-- name: list_runs
+SELECT * FROM workflow_runs
+WHERE namespace_id = ?
+  AND (? IS NULL OR status = ?)
+  AND (? IS NULL OR workflow_name = ?)
+  AND (? IS NULL OR (created_at, id) < (?, ?))
+ORDER BY created_at DESC, id DESC
+LIMIT ?
+
+-- name: count_runs
+SELECT workflow_name, status, count(*) AS n FROM workflow_runs
+WHERE namespace_id = ? GROUP BY workflow_name, status

@@ -1,0 +1,416 @@
+"""SQLite adapter (aiosqlite): WAL mode, one writer connection, ``BEGIN IMMEDIATE`` writes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from ow_es import events as ev
+from ow_es.errors import OwEsError, StoreUnavailable
+from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
+from ow_es.store import codec, migrator
+from ow_es.store.base import Appended, AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.store.planner import (
+    Plan,
+    claim_requests,
+    claimed_runs,
+    is_create,
+    merge,
+    plan_create,
+    plan_updates,
+    split_rounds,
+)
+from ow_es.store.queries import load
+from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
+
+Q = load("sqlite")
+_JSON_COLUMNS = {"input", "output", "error", "waiting_for", "data"}
+
+
+def ts(value: datetime | None) -> str | None:
+    """Fixed-width UTC text, so text order is time order."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for key in _JSON_COLUMNS.intersection(out):
+        if out[key] is not None:
+            out[key] = msgspec.json.decode(out[key])
+    return out
+
+
+def _run_params(run: WorkflowRun) -> tuple[Any, ...]:
+    d = codec.dumps_or_null
+    return (
+        run.namespace_id, run.id, run.workflow_name, run.version, run.status,
+        d(run.input), d(run.output), d(run.error), run.attempts,
+        run.idempotency_key, run.parent_run_id, run.parent_step_name, run.worker_id,
+        run.claim_token, ts(run.lease_until), ts(run.available_at), ts(run.deadline_at),
+        d(run.waiting_for), run.seq, ts(run.created_at), ts(run.started_at),
+        ts(run.finished_at), ts(run.updated_at),
+    )  # fmt: skip
+
+
+def _step_params(step: StepAttempt) -> tuple[Any, ...]:
+    d = codec.dumps_or_null
+    return (
+        step.namespace_id, step.run_id, step.step_name, step.attempt, step.kind, step.status,
+        d(step.input), d(step.output), d(step.error), step.child_run_id, step.signal_name,
+        ts(step.started_at), ts(step.finished_at),
+    )  # fmt: skip
+
+
+class _Shared:
+    """Per-process wake-ups for one database file: client and worker in one process share it."""
+
+    registry: dict[str, _Shared] = {}
+
+    def __init__(self) -> None:
+        self.ready = ReadySignal()
+        self.done = DoneWaiters()
+
+    @classmethod
+    def for_path(cls, path: str) -> _Shared:
+        key = path if path == ":memory:" else os.path.abspath(path)
+        return cls.registry.setdefault(key, cls())
+
+
+class SqliteWakeChannel:
+    """Polling (the worker adapts its interval) plus the in-process wake of ``_Shared``."""
+
+    def __init__(self, shared: _Shared) -> None:
+        self._shared = shared
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def wait_ready(self, timeout: float) -> bool:
+        return await self._shared.ready.wait(timeout)
+
+    def subscribe_done(self, run_id: str) -> Waiter:
+        return self._shared.done.subscribe(run_id)
+
+
+class SqliteStore:
+    backend = "sqlite"
+
+    def __init__(self, path: str, namespace: str, *, busy_timeout_ms: int = 30000) -> None:
+        self.path = path
+        self.namespace = namespace
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._shared = _Shared.for_path(path)
+        self._wake = SqliteWakeChannel(self._shared)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def open(self, *, migrate: bool = True) -> None:
+        try:
+            if self.path != ":memory:":
+                parent = os.path.dirname(os.path.abspath(self.path))
+                if not os.path.isdir(parent):
+                    raise StoreUnavailable(
+                        f"cannot open SQLite database {self.path!r}: folder {parent!r} is missing"
+                    )
+            self._writer = await self._connect()
+            if migrate:
+                await self.migrate()
+            else:
+                migrator.pending("sqlite", await self._applied_version(self._writer))
+            # :memory: is one database per connection: read through the writer then.
+            self._reader = self._writer if self.path == ":memory:" else await self._connect()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from None
+        except OwEsError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
+            await conn.close()
+        self._reader = self._writer = None
+
+    def _require(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise StoreUnavailable("the client is not connected (call connect() first)")
+        return conn
+
+    @asynccontextmanager
+    async def _write_tx(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        conn = self._require(self._writer)
+        async with self._write_lock:
+            try:
+                # IMMEDIATE: take the write lock now (a deferred upgrade fails at once).
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"SQLite error while {what}: {exc}") from None
+
+    # -- migrations ------------------------------------------------------------------------
+
+    async def _applied_version(self, conn: aiosqlite.Connection) -> int:
+        cur = await conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        )
+        if await cur.fetchone() is None:
+            return 0
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        conn = self._require(self._writer)
+        if dry_run:
+            return [m.name for m in migrator.pending("sqlite", await self._applied_version(conn))]
+        async with self._write_tx("migrating") as tx:
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            todo = migrator.pending("sqlite", await self._applied_version(tx))
+            for migration in todo:
+                for statement in _statements(migration.sql):
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, ts(_now())),
+                )
+        return [m.name for m in todo]
+
+    async def schema_version(self) -> int:
+        return await self._applied_version(self._require(self._reader))
+
+    # -- appends ---------------------------------------------------------------------------
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        async with self._write_tx("appending events") as conn:
+            plan = await self._plan_all(conn, _now(), list(enumerate(requests)))
+            await self._write(conn, plan)
+        self._after_commit(plan)
+        return [plan.outcomes[i] for i in range(len(requests))]
+
+    async def _plan_all(
+        self, conn: aiosqlite.Connection, now: datetime, requests: list[tuple[int, AppendRequest]]
+    ) -> Plan:
+        plan = Plan()
+        pending = requests
+        next_index = len(requests)
+        while pending:
+            for round_ in split_rounds(pending):
+                merge(plan, await self._plan_round(conn, now, round_))
+                # Rows of later rounds must see this round's writes.
+                await self._write(conn, plan, flush_only=True)
+            follow = plan.follow_ups
+            plan.follow_ups = []
+            pending = [(next_index + i, r) for i, r in enumerate(follow)]
+            next_index += len(follow)
+        return plan
+
+    async def _plan_round(
+        self, conn: aiosqlite.Connection, now: datetime, round_: list[tuple[int, AppendRequest]]
+    ) -> Plan:
+        plan = Plan()
+        rows: dict[str, WorkflowRun] = {}
+        updates = []
+        for index, request in round_:
+            if is_create(request):
+                created, run = plan_create(self.namespace, now, request)
+                cur = await conn.execute(Q["insert_run"], _run_params(run))
+                if await cur.fetchone() is None:
+                    data = request.events[0]
+                    assert isinstance(data, ev.RunCreated)
+                    cur = await conn.execute(
+                        Q["find_by_key"], (self.namespace, run.workflow_name, data.idempotency_key)
+                    )
+                    row = await cur.fetchone()
+                    assert row is not None
+                    plan.outcomes[index] = Appended(run=codec.run_from_row(_row(row)))
+                    continue
+                created.inserted_runs.clear()
+                created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
+                merge(plan, created)
+            else:
+                cur = await conn.execute(Q["lock_run"], (self.namespace, request.run_id))
+                row = await cur.fetchone()
+                if row is not None:
+                    rows[request.run_id] = codec.run_from_row(_row(row))
+                updates.append((index, request))
+        merge(plan, plan_updates(self.namespace, now, updates, rows))
+        return plan
+
+    async def _write(self, conn: aiosqlite.Connection, plan: Plan, flush_only: bool = False) -> None:
+        """Write what ``plan`` holds and empty those lists (notifications stay)."""
+        if plan.events:
+            await conn.executemany(
+                Q["insert_event"],
+                [
+                    (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
+                     codec.dumps(e.data), ts(e.created_at))
+                    for e in plan.events
+                ],
+            )  # fmt: skip
+        if plan.updated_runs:
+            await conn.executemany(
+                Q["update_run"],
+                [(*_run_params(r)[2:], r.namespace_id, r.id) for r in plan.updated_runs],
+            )
+        if plan.steps:
+            await conn.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
+        plan.events, plan.updated_runs, plan.steps = [], [], []
+
+    def _after_commit(self, plan: Plan) -> None:
+        if plan.ready:
+            self._shared.ready.set()
+        if plan.done:
+            self._shared.done.notify(plan.done)
+
+    # -- claims and leases -----------------------------------------------------------------
+
+    @staticmethod
+    def _workflows_json(workflows: Sequence[WorkflowKey]) -> str:
+        return codec.dumps([[name, version or ""] for name, version in workflows])
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+    ) -> list[WorkflowRun]:
+        if limit <= 0 or not workflows:
+            return []
+        async with self._write_tx("claiming runs") as conn:
+            now = _now()
+            cur = await conn.execute(
+                Q["claim_ready"],
+                (self.namespace, ts(now), ts(now), self._workflows_json(workflows), limit),
+            )
+            rows = [codec.run_from_row(_row(r)) for r in await cur.fetchall()]
+            if not rows:
+                return []
+            requests = claim_requests(rows, worker_id, now, lease_seconds)
+            plan = await self._plan_all(conn, now, list(enumerate(requests)))
+            await self._write(conn, plan)
+        self._after_commit(plan)
+        return claimed_runs(plan, len(requests))
+
+    async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
+        if not claims:
+            return set()
+        async with self._write_tx("extending leases") as conn:
+            until = _now() + timedelta(seconds=lease_seconds)
+            cur = await conn.execute(
+                Q["heartbeat"],
+                (ts(until), self.namespace, codec.dumps([[k, v] for k, v in claims.items()])),
+            )
+            return {row[0] for row in await cur.fetchall()}
+
+    async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
+        if not workflows:
+            return None
+        now, wf = ts(_now()), self._workflows_json(workflows)
+        cur = await self._require(self._reader).execute(
+            Q["next_wake_at"], (self.namespace, now, wf, self.namespace, now, wf)
+        )
+        row = await cur.fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        try:
+            cur = await self._require(self._reader).execute(query, params)
+            return [_row(r) for r in await cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite error while reading: {exc}") from None
+
+    async def get_run(self, run_id: str) -> WorkflowRun | None:
+        rows = await self._fetch(Q["get_run"], (self.namespace, run_id))
+        return codec.run_from_row(rows[0]) if rows else None
+
+    async def find_by_idempotency_key(self, workflow_name: str, key: str) -> WorkflowRun | None:
+        rows = await self._fetch(Q["find_by_key"], (self.namespace, workflow_name, key))
+        return codec.run_from_row(rows[0]) if rows else None
+
+    async def list_runs(
+        self, *, status: str | None, workflow_name: str | None, limit: int, cursor: str | None
+    ) -> RunPage:
+        created, run_id = codec.decode_cursor(cursor) if cursor else (None, None)
+        after = ts(created)
+        rows = await self._fetch(
+            Q["list_runs"],
+            (self.namespace, status, status, workflow_name, workflow_name, after, after, run_id,
+             limit + 1),
+        )  # fmt: skip
+        return codec.page_of([codec.run_from_row(r) for r in rows], limit)
+
+    async def list_children(self, run_id: str) -> list[WorkflowRun]:
+        rows = await self._fetch(Q["list_children"], (self.namespace, run_id))
+        return [codec.run_from_row(r) for r in rows]
+
+    async def step_attempts(self, run_id: str) -> list[StepAttempt]:
+        rows = await self._fetch(Q["step_attempts"], (self.namespace, run_id))
+        return [codec.step_from_row(r) for r in rows]
+
+    async def read_run_events(self, run_id: str) -> list[Event]:
+        rows = await self._fetch(Q["run_events"], (self.namespace, run_id))
+        return [codec.event_from_row(r) for r in rows]
+
+    async def read_log(self, after: str | None, limit: int) -> LogBatch:
+        position = int(after) if after else 0
+        rows = await self._fetch(Q["read_log"], (position, self.namespace, limit))
+        cursor = str(rows[-1]["position"]) if rows else after
+        return LogBatch(events=[codec.event_from_row(r) for r in rows], cursor=cursor)
+
+    async def count_runs(self) -> dict[tuple[str, str], int]:
+        rows = await self._fetch(Q["count_runs"], (self.namespace,))
+        return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}
+
+    def wake_channel(self) -> SqliteWakeChannel:
+        return self._wake
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (sqlite3 runs one at a time inside a transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--") and not current.strip():
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
