@@ -1,1 +1,59 @@
-"""ow-es."""
+"""ow-es: durable, event-sourced workflows for Python on PostgreSQL or SQLite."""
+
+from ow_es.client import OpenWorkflow, connect
+from ow_es.context import Context, RunInfo
+from ow_es.errors import (
+    ConcurrencyError,
+    ConfigError,
+    InvalidTransition,
+    NonRetryableError,
+    OwEsError,
+    ResultTimeout,
+    RunNotFound,
+    StepFailed,
+    StepLimitExceeded,
+    StepTimeout,
+    StoreUnavailable,
+    ValidationError,
+    WorkflowCanceled,
+    WorkflowFailed,
+)
+from ow_es.handle import RunHandle
+from ow_es.models import Event, RunPage, RunState, StepAttempt, WorkflowRun
+from ow_es.retry import RetryPolicy
+from ow_es.worker import Worker
+from ow_es.workflow import Workflow, workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConcurrencyError",
+    "ConfigError",
+    "Context",
+    "Event",
+    "InvalidTransition",
+    "NonRetryableError",
+    "OpenWorkflow",
+    "OwEsError",
+    "ResultTimeout",
+    "RetryPolicy",
+    "RunHandle",
+    "RunInfo",
+    "RunNotFound",
+    "RunPage",
+    "RunState",
+    "StepAttempt",
+    "StepFailed",
+    "StepLimitExceeded",
+    "StepTimeout",
+    "StoreUnavailable",
+    "ValidationError",
+    "Worker",
+    "Workflow",
+    "WorkflowCanceled",
+    "WorkflowFailed",
+    "WorkflowRun",
+    "__version__",
+    "connect",
+    "workflow",
+]

@@ -79,8 +79,9 @@ def resolve(
     env = os.environ
     chosen = url or env.get("OW_ES_DATABASE_URL") or env.get("OPENWORKFLOW_POSTGRES_URL")
     ns = validate_namespace(
-        namespace if namespace is not None else env.get("OPENWORKFLOW_NAMESPACE_ID", "")
-        or DEFAULT_NAMESPACE
+        namespace
+        if namespace is not None
+        else env.get("OPENWORKFLOW_NAMESPACE_ID", "") or DEFAULT_NAMESPACE
     )
     sch = validate_schema(
         schema if schema is not None else env.get("OPENWORKFLOW_SCHEMA", "") or DEFAULT_SCHEMA
@@ -101,8 +102,8 @@ def resolve(
 
 
 def _check_postgres_url(url: str) -> None:
-    from psycopg.conninfo import conninfo_to_dict
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
     try:
         conninfo_to_dict(url)

@@ -19,6 +19,10 @@ class ConcurrencyError(OwEsError):
     """A fenced write was refused: the writer no longer holds the run's claim."""
 
 
+class StaleRun(ConcurrencyError):
+    """A write expected the run unchanged, but another event was appended to it meanwhile."""
+
+
 class ValidationError(OwEsError, ValueError):
     """Input, a result or signal data does not fit its schema or the payload limit."""
 

@@ -6,15 +6,19 @@ above this layer imports psycopg or sqlite3.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
 from ow_es.events import EventData
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 
+if TYPE_CHECKING:
+    from ow_es.store.tx import Transaction
+
+T = TypeVar("T")
 WorkflowKey = tuple[str, str | None]  # (name, version) a worker serves
 
 
@@ -66,6 +70,10 @@ class Store(Protocol):
 
     async def schema_version(self) -> int: ...
 
+    async def run(self, what: str, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``fn`` in one write transaction (retried from the start after a deadlock)."""
+        ...
+
     async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
         """Append all requests in one transaction; each gets its own outcome (an accepted
         ``Appended``, or the ``ConcurrencyError``/``RunNotFound``/``InvalidTransition`` that
@@ -83,9 +91,7 @@ class Store(Protocol):
         are failed instead (and not returned)."""
         ...
 
-    async def heartbeat(
-        self, claims: dict[str, str], lease_seconds: float
-    ) -> set[str]:
+    async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
         """Extend the leases of ``{run_id: claim_token}``; returns the run ids still held."""
         ...
 
@@ -95,9 +101,7 @@ class Store(Protocol):
 
     async def get_run(self, run_id: str) -> WorkflowRun | None: ...
 
-    async def find_by_idempotency_key(
-        self, workflow_name: str, key: str
-    ) -> WorkflowRun | None: ...
+    async def find_by_idempotency_key(self, workflow_name: str, key: str) -> WorkflowRun | None: ...
 
     async def list_runs(
         self,

@@ -20,7 +20,6 @@ from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
 log = logging.getLogger("ow_es.wake")
 
 
-
 class PostgresWakeChannel:
     def __init__(self, url: str, ready_channel: str, done_channel: str) -> None:
         self._url = url

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ow_es import events as ev
-from ow_es.errors import ConcurrencyError, InvalidTransition, RunNotFound
+from ow_es.errors import ConcurrencyError, InvalidTransition, RunNotFound, StaleRun
 from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.projections import Recorded, apply_run, step_row
 from ow_es.store.base import Appended, AppendRequest, Outcome
@@ -36,7 +36,9 @@ def is_create(request: AppendRequest) -> bool:
     return bool(request.events) and isinstance(request.events[0], ev.RunCreated)
 
 
-def split_rounds(requests: list[tuple[int, AppendRequest]]) -> list[list[tuple[int, AppendRequest]]]:
+def split_rounds(
+    requests: list[tuple[int, AppendRequest]],
+) -> list[list[tuple[int, AppendRequest]]]:
     """Rounds in which each run appears at most once, keeping each run's request order."""
     rounds: list[list[tuple[int, AppendRequest]]] = []
     seen_in: dict[str, int] = {}
@@ -59,9 +61,7 @@ def _rejection(row: WorkflowRun | None, request: AppendRequest) -> Exception | N
     ):
         return ConcurrencyError(f"run {row.id} is no longer held by this claim ({row.status})")
     if request.expected_seq is not None and row.seq != request.expected_seq:
-        return ConcurrencyError(
-            f"run {row.id} changed (seq {row.seq}, expected {request.expected_seq})"
-        )
+        return StaleRun(f"run {row.id} changed (seq {row.seq}, expected {request.expected_seq})")
     if isinstance(first, ev.RunResumed):
         if row.status != "failed":
             return InvalidTransition(f"run {row.id} is {row.status}; only a failed run resumes")
@@ -155,17 +155,6 @@ def plan_create(namespace: str, now: datetime, request: AppendRequest) -> tuple[
     return plan, new
 
 
-def merge(into: Plan, other: Plan) -> None:
-    into.events.extend(other.events)
-    into.inserted_runs.extend(other.inserted_runs)
-    into.updated_runs.extend(other.updated_runs)
-    into.steps.extend(other.steps)
-    into.outcomes.update(other.outcomes)
-    into.follow_ups.extend(other.follow_ups)
-    into.ready = into.ready or other.ready
-    into.done.extend(other.done)
-
-
 def claim_requests(
     rows: Iterable[WorkflowRun], worker_id: str, now: datetime, lease_seconds: float
 ) -> list[AppendRequest]:
@@ -194,3 +183,14 @@ def claimed_runs(plan: Plan, count: int) -> list[WorkflowRun]:
         if isinstance(outcome, Appended) and outcome.run.claim_token is not None:
             runs.append(outcome.run)
     return runs
+
+
+def merge(into: Plan, other: Plan) -> None:
+    into.events.extend(other.events)
+    into.inserted_runs.extend(other.inserted_runs)
+    into.updated_runs.extend(other.updated_runs)
+    into.steps.extend(other.steps)
+    into.outcomes.update(other.outcomes)
+    into.follow_ups.extend(other.follow_ups)
+    into.ready = into.ready or other.ready
+    into.done.extend(other.done)

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 import psycopg
@@ -15,26 +15,18 @@ from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from ow_es import events as ev
 from ow_es.config import redact
 from ow_es.errors import ConcurrencyError, OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec, migrator
-from ow_es.store.base import Appended, AppendRequest, LogBatch, Outcome, WorkflowKey
-from ow_es.store.planner import (
-    Plan,
-    claim_requests,
-    claimed_runs,
-    is_create,
-    merge,
-    plan_create,
-    plan_updates,
-    split_rounds,
-)
+from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
 from ow_es.store.pg_wake import PostgresWakeChannel
+from ow_es.store.planner import Plan
 from ow_es.store.queries import load
+from ow_es.store.tx import Transaction
 
 Q = load("postgres")
+T = TypeVar("T")
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -217,134 +209,42 @@ class PostgresStore:
         async with self._conn("reading the schema version") as conn:
             return await self._applied_version(conn)
 
-    # -- appends ---------------------------------------------------------------------------
+    # -- writes ----------------------------------------------------------------------------
 
-    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        batch = list(enumerate(requests))
-        plan = await self._retrying(
-            "appending events", lambda conn, now: self._plan_all(conn, now, batch)
-        )
-        return [plan.outcomes[i] for i in range(len(batch))]
-
-    async def _retrying(
-        self,
-        what: str,
-        planner: Callable[[psycopg.AsyncConnection[Any], datetime], Awaitable[Plan]],
-    ) -> Plan:
-        """Plan and write in one transaction, again from the start after a lost deadlock."""
+    async def run(self, what: str, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``fn`` in one write transaction, again from the start after a lost deadlock.
+        Workers are woken (NOTIFY, once per channel) by the same commit."""
         for _ in range(5):
             try:
                 async with self._conn(what) as conn:
                     try:
                         async with conn.transaction():
-                            plan = await planner(conn, await self._begin(conn))
-                            await self._notify(conn, plan)
-                            return plan
+                            cur = await conn.execute(
+                                Q["begin_append"], {"gate": self._gate_key}, prepare=True
+                            )
+                            row = await cur.fetchone()
+                            assert row is not None
+                            tx = PostgresTransaction(self, conn, row[1])
+                            result = await fn(tx)
+                            await tx.notify()
+                            return result
                     except _RETRYABLE as exc:
                         raise _Retry() from exc
             except _Retry:
                 continue
         raise ConcurrencyError(f"{what}: kept deadlocking; gave up after 5 tries")
 
-    async def _begin(self, conn: psycopg.AsyncConnection[Any]) -> datetime:
-        cur = await conn.execute(Q["begin_append"], {"gate": self._gate_key}, prepare=True)
-        row = await cur.fetchone()
-        assert row is not None
-        return cast(datetime, row[1])
+    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        return await self.run("appending events", lambda tx: tx.apply(requests))
 
-    async def _plan_all(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        now: datetime,
-        requests: list[tuple[int, AppendRequest]],
-    ) -> Plan:
-        plan = Plan()
-        pending = requests
-        next_index = len(requests)
-        while pending:
-            for round_ in split_rounds(pending):
-                merge(plan, await self._plan_round(conn, now, round_))
-                # Rows locked by a later round must include this round's writes.
-                await self._write(conn, plan)
-            # Follow-ups (a child's end told to its parent) go in the same transaction.
-            follow = plan.follow_ups
-            plan.follow_ups = []
-            pending = [(next_index + i, r) for i, r in enumerate(follow)]
-            next_index += len(follow)
-        return plan
-
-    async def _plan_round(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        now: datetime,
-        round_: list[tuple[int, AppendRequest]],
-    ) -> Plan:
-        plan = Plan()
-        updates = [(i, r) for i, r in round_ if not is_create(r)]
-        for index, request in round_:
-            if is_create(request):
-                created, run = plan_create(self.namespace, now, request)
-                cur = await conn.execute(Q["insert_run"], _run_params(run), prepare=True)
-                if await cur.fetchone() is None:
-                    data = cast(ev.RunCreated, request.events[0])
-                    existing = await self._find_by_key(conn, run.workflow_name, data)
-                    plan.outcomes[index] = Appended(run=existing, created=False)
-                    continue
-                created.inserted_runs.clear()  # the row is in already
-                created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
-                merge(plan, created)
-        if updates:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                Q["lock_runs"], {"ns": self.namespace, "ids": [r.run_id for _, r in updates]}
-            )
-            rows = {row["id"]: codec.run_from_row(row) for row in await cur.fetchall()}
-            merge(plan, plan_updates(self.namespace, now, updates, rows))
-        return plan
-
-    async def _find_by_key(
-        self, conn: psycopg.AsyncConnection[Any], name: str, data: ev.RunCreated
-    ) -> WorkflowRun:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            Q["find_by_key"], {"ns": self.namespace, "name": name, "key": data.idempotency_key}
+    async def claim(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+    ) -> list[WorkflowRun]:
+        if limit <= 0 or not workflows:
+            return []
+        return await self.run(
+            "claiming runs", lambda tx: tx.claim(worker_id, workflows, limit, lease_seconds)
         )
-        row = await cur.fetchone()
-        if row is None:
-            raise ConcurrencyError("idempotent start clashed with a run that vanished; retry")
-        return codec.run_from_row(row)
-
-    async def _write(self, conn: psycopg.AsyncConnection[Any], plan: Plan) -> None:
-        """Write the rows and events ``plan`` holds, then empty those lists."""
-        async with conn.pipeline():
-            cur = conn.cursor()
-            if plan.events:
-                await cur.executemany(
-                    Q["insert_event"],
-                    [
-                        (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
-                         codec.dumps(e.data), e.created_at)
-                        for e in plan.events
-                    ],
-                )  # fmt: skip
-            if plan.updated_runs:
-                await cur.executemany(
-                    Q["update_run"], [_update_params(r) for r in plan.updated_runs]
-                )
-            if plan.steps:
-                await cur.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
-        plan.events, plan.updated_runs, plan.steps = [], [], []
-
-    async def _notify(self, conn: psycopg.AsyncConnection[Any], plan: Plan) -> None:
-        """One NOTIFY per channel and transaction: NOTIFY serialises commits cluster-wide."""
-        async with conn.pipeline():
-            cur = conn.cursor()
-            if plan.ready:
-                await cur.execute("SELECT pg_notify(%s, '')", [self.ready_channel])
-            for chunk in _chunks(plan.done):
-                await cur.execute("SELECT pg_notify(%s, %s)", [self.done_channel, chunk])
-
-    # -- claims and leases -----------------------------------------------------------------
 
     def _workflow_params(self, workflows: Sequence[WorkflowKey]) -> dict[str, Any]:
         return {
@@ -353,36 +253,12 @@ class PostgresStore:
             "versions": [version or "" for _, version in workflows],
         }
 
-    async def claim(
-        self,
-        worker_id: str,
-        workflows: Sequence[WorkflowKey],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[WorkflowRun]:
-        if limit <= 0 or not workflows:
-            return []
-        count = 0
-
-        async def plan_claims(conn: psycopg.AsyncConnection[Any], now: datetime) -> Plan:
-            nonlocal count
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                Q["claim_ready"], {**self._workflow_params(workflows), "limit": limit}
-            )
-            rows = [codec.run_from_row(row) for row in await cur.fetchall()]
-            requests = claim_requests(rows, worker_id, now, lease_seconds)
-            count = len(requests)
-            return await self._plan_all(conn, now, list(enumerate(requests)))
-
-        plan = await self._retrying("claiming runs", plan_claims)
-        return claimed_runs(plan, count)
-
     async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
         if not claims:
             return set()
         async with self._conn("extending leases") as conn, conn.transaction():
-            await self._begin(conn)
+            # Heartbeats take the reproject gate like appends do.
+            await conn.execute(Q["begin_append"], {"gate": self._gate_key}, prepare=True)
             cur = await conn.execute(
                 Q["heartbeat"],
                 {
@@ -492,3 +368,79 @@ def _chunks(ids: list[str], limit: int = 7000) -> list[str]:
     if current:
         chunks.append(",".join(current))
     return chunks
+
+
+class PostgresTransaction(Transaction):
+    def __init__(
+        self, store: PostgresStore, conn: psycopg.AsyncConnection[Any], now: datetime
+    ) -> None:
+        super().__init__(store.namespace, now)
+        self._store = store
+        self._conn = conn
+
+    async def _rows(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        cur = self._conn.cursor(row_factory=dict_row)
+        await cur.execute(cast(Any, query), {"ns": self.namespace, **params})
+        return await cur.fetchall()
+
+    async def insert_run(self, run: WorkflowRun) -> bool:
+        cur = await self._conn.execute(Q["insert_run"], _run_params(run), prepare=True)
+        return await cur.fetchone() is not None
+
+    async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None:
+        rows = await self._rows(Q["find_by_key"], {"name": workflow_name, "key": key})
+        return codec.run_from_row(rows[0]) if rows else None
+
+    async def lock_runs(self, run_ids: list[str]) -> dict[str, WorkflowRun]:
+        rows = await self._rows(Q["lock_runs"], {"ids": run_ids})
+        return {row["id"]: codec.run_from_row(row) for row in rows}
+
+    async def write(self, plan: Plan) -> None:
+        if not (plan.events or plan.updated_runs or plan.steps):
+            return
+        async with self._conn.pipeline():
+            cur = self._conn.cursor()
+            if plan.events:
+                await cur.executemany(
+                    Q["insert_event"],
+                    [
+                        (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
+                         codec.dumps(e.data), e.created_at)
+                        for e in plan.events
+                    ],
+                )  # fmt: skip
+            if plan.updated_runs:
+                await cur.executemany(
+                    Q["update_run"], [_update_params(r) for r in plan.updated_runs]
+                )
+            if plan.steps:
+                await cur.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
+
+    async def notify(self) -> None:
+        """One NOTIFY per channel and transaction: NOTIFY serialises commits cluster-wide."""
+        if not (self.ready or self.done):
+            return
+        async with self._conn.pipeline():
+            cur = self._conn.cursor()
+            if self.ready:
+                await cur.execute("SELECT pg_notify(%s, '')", [self._store.ready_channel])
+            for chunk in _chunks(self.done):
+                await cur.execute("SELECT pg_notify(%s, %s)", [self._store.done_channel, chunk])
+
+    async def claim_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
+        params = {**self._store._workflow_params(workflows), "limit": limit}
+        return [codec.run_from_row(row) for row in await self._rows(Q["claim_ready"], params)]
+
+    async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
+        rows = await self._rows(Q["open_signal_waits"], {"signal": signal_name})
+        return [codec.step_from_row(row) for row in rows]
+
+    async def signal_send(self, key: str) -> list[str] | None:
+        rows = await self._rows(Q["get_signal_send"], {"key": key})
+        return list(rows[0]["delivered_to"]) if rows else None
+
+    async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None:
+        await self._conn.execute(
+            Q["put_signal_send"],
+            {"ns": self.namespace, "key": key, "signal": signal_name, "ids": codec.dumps(run_ids)},
+        )

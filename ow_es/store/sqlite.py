@@ -5,33 +5,25 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 import msgspec
 
-from ow_es import events as ev
 from ow_es.errors import OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec, migrator
-from ow_es.store.base import Appended, AppendRequest, LogBatch, Outcome, WorkflowKey
-from ow_es.store.planner import (
-    Plan,
-    claim_requests,
-    claimed_runs,
-    is_create,
-    merge,
-    plan_create,
-    plan_updates,
-    split_rounds,
-)
+from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.store.planner import Plan
 from ow_es.store.queries import load
+from ow_es.store.tx import Transaction
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
 
 Q = load("sqlite")
+T = TypeVar("T")
 _JSON_COLUMNS = {"input", "output", "error", "waiting_for", "data"}
 
 
@@ -78,7 +70,7 @@ def _step_params(step: StepAttempt) -> tuple[Any, ...]:
 class _Shared:
     """Per-process wake-ups for one database file: client and worker in one process share it."""
 
-    registry: dict[str, _Shared] = {}
+    registry: ClassVar[dict[str, _Shared]] = {}
 
     def __init__(self) -> None:
         self.ready = ReadySignal()
@@ -215,115 +207,30 @@ class SqliteStore:
     async def schema_version(self) -> int:
         return await self._applied_version(self._require(self._reader))
 
-    # -- appends ---------------------------------------------------------------------------
+    # -- writes ----------------------------------------------------------------------------
+
+    async def run(self, what: str, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; wake in-process waiters after."""
+        async with self._write_tx(what) as conn:
+            tx = SqliteTransaction(self, conn, _now())
+            result = await fn(tx)
+        if tx.ready:
+            self._shared.ready.set()
+        if tx.done:
+            self._shared.done.notify(tx.done)
+        return result
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        async with self._write_tx("appending events") as conn:
-            plan = await self._plan_all(conn, _now(), list(enumerate(requests)))
-            await self._write(conn, plan)
-        self._after_commit(plan)
-        return [plan.outcomes[i] for i in range(len(requests))]
-
-    async def _plan_all(
-        self, conn: aiosqlite.Connection, now: datetime, requests: list[tuple[int, AppendRequest]]
-    ) -> Plan:
-        plan = Plan()
-        pending = requests
-        next_index = len(requests)
-        while pending:
-            for round_ in split_rounds(pending):
-                merge(plan, await self._plan_round(conn, now, round_))
-                # Rows of later rounds must see this round's writes.
-                await self._write(conn, plan, flush_only=True)
-            follow = plan.follow_ups
-            plan.follow_ups = []
-            pending = [(next_index + i, r) for i, r in enumerate(follow)]
-            next_index += len(follow)
-        return plan
-
-    async def _plan_round(
-        self, conn: aiosqlite.Connection, now: datetime, round_: list[tuple[int, AppendRequest]]
-    ) -> Plan:
-        plan = Plan()
-        rows: dict[str, WorkflowRun] = {}
-        updates = []
-        for index, request in round_:
-            if is_create(request):
-                created, run = plan_create(self.namespace, now, request)
-                cur = await conn.execute(Q["insert_run"], _run_params(run))
-                if await cur.fetchone() is None:
-                    data = request.events[0]
-                    assert isinstance(data, ev.RunCreated)
-                    cur = await conn.execute(
-                        Q["find_by_key"], (self.namespace, run.workflow_name, data.idempotency_key)
-                    )
-                    row = await cur.fetchone()
-                    assert row is not None
-                    plan.outcomes[index] = Appended(run=codec.run_from_row(_row(row)))
-                    continue
-                created.inserted_runs.clear()
-                created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
-                merge(plan, created)
-            else:
-                cur = await conn.execute(Q["lock_run"], (self.namespace, request.run_id))
-                row = await cur.fetchone()
-                if row is not None:
-                    rows[request.run_id] = codec.run_from_row(_row(row))
-                updates.append((index, request))
-        merge(plan, plan_updates(self.namespace, now, updates, rows))
-        return plan
-
-    async def _write(self, conn: aiosqlite.Connection, plan: Plan, flush_only: bool = False) -> None:
-        """Write what ``plan`` holds and empty those lists (notifications stay)."""
-        if plan.events:
-            await conn.executemany(
-                Q["insert_event"],
-                [
-                    (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
-                     codec.dumps(e.data), ts(e.created_at))
-                    for e in plan.events
-                ],
-            )  # fmt: skip
-        if plan.updated_runs:
-            await conn.executemany(
-                Q["update_run"],
-                [(*_run_params(r)[2:], r.namespace_id, r.id) for r in plan.updated_runs],
-            )
-        if plan.steps:
-            await conn.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
-        plan.events, plan.updated_runs, plan.steps = [], [], []
-
-    def _after_commit(self, plan: Plan) -> None:
-        if plan.ready:
-            self._shared.ready.set()
-        if plan.done:
-            self._shared.done.notify(plan.done)
-
-    # -- claims and leases -----------------------------------------------------------------
-
-    @staticmethod
-    def _workflows_json(workflows: Sequence[WorkflowKey]) -> str:
-        return codec.dumps([[name, version or ""] for name, version in workflows])
+        return await self.run("appending events", lambda tx: tx.apply(requests))
 
     async def claim(
         self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
     ) -> list[WorkflowRun]:
         if limit <= 0 or not workflows:
             return []
-        async with self._write_tx("claiming runs") as conn:
-            now = _now()
-            cur = await conn.execute(
-                Q["claim_ready"],
-                (self.namespace, ts(now), ts(now), self._workflows_json(workflows), limit),
-            )
-            rows = [codec.run_from_row(_row(r)) for r in await cur.fetchall()]
-            if not rows:
-                return []
-            requests = claim_requests(rows, worker_id, now, lease_seconds)
-            plan = await self._plan_all(conn, now, list(enumerate(requests)))
-            await self._write(conn, plan)
-        self._after_commit(plan)
-        return claimed_runs(plan, len(requests))
+        return await self.run(
+            "claiming runs", lambda tx: tx.claim(worker_id, workflows, limit, lease_seconds)
+        )
 
     async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
         if not claims:
@@ -339,7 +246,7 @@ class SqliteStore:
     async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
         if not workflows:
             return None
-        now, wf = ts(_now()), self._workflows_json(workflows)
+        now, wf = ts(_now()), _workflows_json(workflows)
         cur = await self._require(self._reader).execute(
             Q["next_wake_at"], (self.namespace, now, wf, self.namespace, now, wf)
         )
@@ -401,6 +308,10 @@ class SqliteStore:
         return self._wake
 
 
+def _workflows_json(workflows: Sequence[WorkflowKey]) -> str:
+    return codec.dumps([[name, version or ""] for name, version in workflows])
+
+
 def _statements(script: str) -> list[str]:
     """Split a migration into statements (sqlite3 runs one at a time inside a transaction)."""
     statements, current = [], ""
@@ -414,3 +325,65 @@ def _statements(script: str) -> list[str]:
     if current.strip():
         statements.append(current.strip())
     return statements
+
+
+class SqliteTransaction(Transaction):
+    def __init__(self, store: SqliteStore, conn: aiosqlite.Connection, now: datetime) -> None:
+        super().__init__(store.namespace, now)
+        self._conn = conn
+
+    async def _rows(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        cur = await self._conn.execute(query, params)
+        return [_row(r) for r in await cur.fetchall()]
+
+    async def insert_run(self, run: WorkflowRun) -> bool:
+        cur = await self._conn.execute(Q["insert_run"], _run_params(run))
+        return await cur.fetchone() is not None
+
+    async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None:
+        rows = await self._rows(Q["find_by_key"], (self.namespace, workflow_name, key))
+        return codec.run_from_row(rows[0]) if rows else None
+
+    async def lock_runs(self, run_ids: list[str]) -> dict[str, WorkflowRun]:
+        # BEGIN IMMEDIATE already holds the database's write lock.
+        rows = await self._rows(Q["lock_runs"], (self.namespace, codec.dumps(run_ids)))
+        return {row["id"]: codec.run_from_row(row) for row in rows}
+
+    async def write(self, plan: Plan) -> None:
+        if plan.events:
+            await self._conn.executemany(
+                Q["insert_event"],
+                [
+                    (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
+                     codec.dumps(e.data), ts(e.created_at))
+                    for e in plan.events
+                ],
+            )  # fmt: skip
+        if plan.updated_runs:
+            await self._conn.executemany(
+                Q["update_run"],
+                [(*_run_params(r)[2:], r.namespace_id, r.id) for r in plan.updated_runs],
+            )
+        if plan.steps:
+            await self._conn.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
+
+    async def claim_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
+        now = ts(self.now)
+        rows = await self._rows(
+            Q["claim_ready"], (self.namespace, now, now, _workflows_json(workflows), limit)
+        )
+        return [codec.run_from_row(row) for row in rows]
+
+    async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
+        rows = await self._rows(Q["open_signal_waits"], (self.namespace, signal_name))
+        return [codec.step_from_row(row) for row in rows]
+
+    async def signal_send(self, key: str) -> list[str] | None:
+        rows = await self._rows(Q["get_signal_send"], (self.namespace, key))
+        return list(msgspec.json.decode(rows[0]["delivered_to"])) if rows else None
+
+    async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None:
+        await self._conn.execute(
+            Q["put_signal_send"],
+            (self.namespace, key, signal_name, codec.dumps(run_ids), ts(self.now)),
+        )

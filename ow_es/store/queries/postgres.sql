@@ -124,3 +124,19 @@ WHERE namespace_id = %(ns)s
        OR (created_at, id) < (%(after_created)s::timestamptz, %(after_id)s::text))
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
+
+-- name: open_signal_waits
+-- The open waits on a signal, with their runs locked (delivery appends to them).
+SELECT s.* FROM step_attempts s
+JOIN workflow_runs r ON r.namespace_id = s.namespace_id AND r.id = s.run_id
+WHERE s.namespace_id = %(ns)s AND s.kind = 'signal_wait' AND s.status = 'running'
+  AND s.signal_name = %(signal)s AND r.status IN ('pending', 'running')
+ORDER BY s.run_id, s.step_name
+FOR UPDATE OF r
+
+-- name: get_signal_send
+SELECT delivered_to FROM signal_sends WHERE namespace_id = %(ns)s AND idempotency_key = %(key)s
+
+-- name: put_signal_send
+INSERT INTO signal_sends (namespace_id, idempotency_key, signal_name, delivered_to)
+VALUES (%(ns)s, %(key)s, %(signal)s, %(ids)s::jsonb)

@@ -1,8 +1,9 @@
 -- Queries of the SQLite adapter. Times are ISO-8601 UTC text; '?' placeholders.
 -- Workflow filters arrive as a JSON array of [name, version-or-empty] pairs.
 
--- name: lock_run
-SELECT * FROM workflow_runs WHERE namespace_id = ? AND id = ?
+-- name: lock_runs
+SELECT * FROM workflow_runs
+WHERE namespace_id = ? AND id IN (SELECT value FROM json_each(?))
 
 -- name: insert_run
 INSERT INTO workflow_runs (
@@ -101,3 +102,17 @@ LIMIT ?
 -- name: count_runs
 SELECT workflow_name, status, count(*) AS n FROM workflow_runs
 WHERE namespace_id = ? GROUP BY workflow_name, status
+
+-- name: open_signal_waits
+SELECT s.* FROM step_attempts s
+JOIN workflow_runs r ON r.namespace_id = s.namespace_id AND r.id = s.run_id
+WHERE s.namespace_id = ? AND s.kind = 'signal_wait' AND s.status = 'running'
+  AND s.signal_name = ? AND r.status IN ('pending', 'running')
+ORDER BY s.run_id, s.step_name
+
+-- name: get_signal_send
+SELECT delivered_to FROM signal_sends WHERE namespace_id = ? AND idempotency_key = ?
+
+-- name: put_signal_send
+INSERT INTO signal_sends (namespace_id, idempotency_key, signal_name, delivered_to, created_at)
+VALUES (?, ?, ?, ?, ?)

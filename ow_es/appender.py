@@ -1,0 +1,44 @@
+"""Group commit: appends from many slots are flushed together, one transaction per batch.
+
+Each caller awaits the durability of its own request; while one batch commits, the next one
+gathers, so latency stays one commit and throughput grows with concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ow_es.store.base import AppendRequest, Outcome, Store
+
+
+class GroupCommitter:
+    def __init__(self, store: Store, max_batch: int = 500) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: list[tuple[AppendRequest, asyncio.Future[Outcome]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, request: AppendRequest) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_all(), name="ow-es-group-commit")
+        return await future
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                try:
+                    outcomes = await self._store.append([request for request, _ in batch])
+                except Exception as exc:  # the whole batch shares the transaction's fate
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._flusher = None

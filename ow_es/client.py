@@ -1,0 +1,303 @@
+"""The client: connect, define and start workflows, and manage runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from ow_es import config
+from ow_es import events as ev
+from ow_es.durations import Duration, to_datetime, utcnow
+from ow_es.errors import ConfigError, InvalidTransition, RunNotFound, ValidationError
+from ow_es.handle import RunHandle
+from ow_es.models import Event, RunPage, RunState
+from ow_es.payload import to_json_value
+from ow_es.projections import fold_run
+from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
+from ow_es.store import Appended, AppendRequest, Store, make_store
+from ow_es.store.codec import recorded_from_event
+from ow_es.worker import Worker
+from ow_es.workflow import Workflow, WorkflowFn
+
+TimeLike = datetime | Duration
+
+
+class OpenWorkflow:
+    """An ow-es client. Safe to create at import time; ``connect()`` (or ``async with``) opens
+    it. URL, namespace and schema default to the environment (see ``ow_es.config``)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        namespace: str | None = None,
+        schema: str | None = None,
+        *,
+        max_payload_bytes: int = config.DEFAULT_MAX_PAYLOAD_BYTES,
+        migrate: bool = True,
+        pool_size: int = 10,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.schema = schema
+        self.max_payload_bytes = max_payload_bytes
+        self.migrate = migrate
+        self.pool_size = pool_size
+        self.settings: config.Settings | None = None
+        self._store: Store | None = None
+        self._workflows: dict[tuple[str, str | None], Workflow[Any]] = {}
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def connect(self) -> Self:
+        if self._store is not None:
+            return self
+        settings = config.resolve(self.url, self.namespace, self.schema)
+        store = make_store(settings, pool_size=self.pool_size)
+        await store.open(migrate=self.migrate)
+        self.settings, self._store = settings, store
+        return self
+
+    async def close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ConfigError("the client is not connected: call `await ow.connect()` first")
+        return self._store
+
+    # -- definitions -----------------------------------------------------------------------
+
+    def workflow(
+        self,
+        *,
+        name: str,
+        version: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_step_attempts: int = 1000,
+    ) -> Any:
+        """Define a workflow and register it on this client."""
+
+        def define(fn: WorkflowFn) -> Workflow[Any]:
+            spec: Workflow[Any] = Workflow(
+                name=name,
+                fn=fn,
+                version=version,
+                retry=retry or WORKFLOW_DEFAULT,
+                max_step_attempts=max_step_attempts,
+            )
+            return self.register(spec)
+
+        return define
+
+    def register(self, workflow: Workflow[Any]) -> Workflow[Any]:
+        """Serve ``workflow`` on this client's workers; it also becomes startable from here."""
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"expected a workflow definition, got {workflow!r}")
+        self._workflows[workflow.key] = workflow
+        if workflow.client is None:
+            workflow.client = self
+        return workflow
+
+    def registered(self, name: str, version: str | None) -> Workflow[Any] | None:
+        return self._workflows.get((name, version))
+
+    def registered_keys(self) -> list[tuple[str, str | None]]:
+        return list(self._workflows)
+
+    @property
+    def workflows(self) -> list[Workflow[Any]]:
+        return list(self._workflows.values())
+
+    def worker(
+        self,
+        *,
+        concurrency: int = 10,
+        lease: Duration = "30s",
+        heartbeat: Duration | None = None,
+        poll_interval: Duration = "1s",
+        worker_id: str | None = None,
+    ) -> Worker:
+        return Worker(
+            self,
+            concurrency=concurrency,
+            lease=lease,
+            heartbeat=heartbeat,
+            poll_interval=poll_interval,
+            worker_id=worker_id,
+        )
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Workflow[Any] | str,
+        input: Any = None,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+        available_at: TimeLike | None = None,
+        deadline_at: TimeLike | None = None,
+    ) -> RunHandle:
+        """Start a run of ``workflow`` (a definition or a name). With ``idempotency_key``, the
+        existing run of that workflow and key is returned instead, whatever its status."""
+        spec = workflow if isinstance(workflow, Workflow) else None
+        name = spec.name if spec is not None else workflow
+        if not isinstance(name, str) or not name:
+            raise ValidationError("workflow name must be a non-empty string")
+        if version is None and spec is not None:
+            version = spec.version
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
+            raise ValidationError("idempotency_key must be a non-empty string")
+        schema = spec.input_type if spec is not None and spec.takes_input else Any
+        value = to_json_value(input, "input", self.max_payload_bytes, schema)
+        now = utcnow()
+        try:
+            start_at = now if available_at is None else to_datetime(available_at, "available_at")
+            deadline = None if deadline_at is None else to_datetime(deadline_at, "deadline_at")
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        request = AppendRequest(
+            run_id=uuid.uuid4().hex,
+            events=[
+                ev.RunCreated(
+                    workflow_name=name,
+                    version=version,
+                    input=value,
+                    idempotency_key=idempotency_key,
+                    available_at=start_at,
+                    deadline_at=deadline,
+                )
+            ],
+        )
+        (outcome,) = await self.store.append([request])
+        if not isinstance(outcome, Appended):
+            raise outcome
+        return RunHandle(self, outcome.run.id, outcome.run.workflow_name, spec)
+
+    async def get_handle(self, run_id: str) -> RunHandle:
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found")
+        spec = next((w for w in self._workflows.values() if w.name == run.workflow_name), None)
+        return RunHandle(self, run.id, run.workflow_name, spec)
+
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit must be between 1 and 1000")
+        return await self.store.list_runs(
+            status=status, workflow_name=workflow_name, limit=limit, cursor=cursor
+        )
+
+    async def history(self, run_id: str) -> list[Event]:
+        events = await self.store.read_run_events(run_id)
+        if not events:
+            raise RunNotFound(f"run {run_id} not found")
+        return events
+
+    async def state_at(self, run_id: str, seq: int) -> RunState:
+        """The run and its step attempts as of its event number ``seq``."""
+        events = [e for e in await self.history(run_id) if e.seq <= seq]
+        if seq < 1:
+            raise ValidationError("seq starts at 1")
+        run, steps = fold_run(recorded_from_event(e) for e in events)
+        assert run is not None
+        return RunState(run=run, steps=steps)
+
+    async def cancel(self, run_id: str, *, cascade: bool = True) -> None:
+        """Cancel a pending or running run (and its children); again on a canceled run it does
+        nothing; on a completed or failed run it raises InvalidTransition."""
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found")
+        if run.status == "canceled":
+            return
+        targets = [run_id]
+        if cascade:
+            targets += await self._descendants(run_id)
+        requests = [
+            AppendRequest(
+                run_id=target,
+                events=[
+                    ev.RunCanceled(
+                        reason="canceled", cascaded_from=None if target == run_id else run_id
+                    )
+                ],
+            )
+            for target in targets
+        ]
+        outcomes = await self.store.append(requests)
+        first = outcomes[0]
+        if isinstance(first, InvalidTransition):
+            current = await self.store.get_run(run_id)
+            if current is not None and current.status == "canceled":
+                return
+        if isinstance(first, Exception):
+            raise first
+
+    async def _descendants(self, run_id: str) -> list[str]:
+        found: list[str] = []
+        frontier = [run_id]
+        while frontier:
+            children = [c for parent in frontier for c in await self.store.list_children(parent)]
+            frontier = [c.id for c in children if not c.is_terminal]
+            found += frontier
+        return found
+
+    async def resume(self, run_id: str) -> RunHandle:
+        """A failed run goes on from its failed step; completed steps are not re-run."""
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found")
+        if run.status == "failed" and (run.error or {}).get("type") == "DeadlineExceeded":
+            raise InvalidTransition(f"run {run_id} failed by its deadline and cannot be resumed")
+        request = AppendRequest(run_id=run_id, events=[ev.RunResumed(previous_error=run.error)])
+        (outcome,) = await self.store.append([request])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return await self.get_handle(run_id)
+
+    async def send_signal(
+        self, signal: str, data: Any = None, *, idempotency_key: str | None = None
+    ) -> list[str]:
+        """Deliver ``signal`` to every run waiting on it; returns their ids ([] if none)."""
+        if not isinstance(signal, str) or not signal:
+            raise ValidationError("signal name must be a non-empty string")
+        value = to_json_value(data, f"signal {signal!r} data", self.max_payload_bytes)
+        return await self.store.run(
+            "sending a signal", lambda tx: tx.deliver_signal(signal, value, idempotency_key)
+        )
+
+
+async def connect(
+    url: str | None = None,
+    namespace: str | None = None,
+    schema: str | None = None,
+    **options: Any,
+) -> OpenWorkflow:
+    """A connected client: the argument URL, else the environment, else ./openworkflow.db."""
+    return await OpenWorkflow(url, namespace, schema, **options).connect()

@@ -1,0 +1,86 @@
+"""What a workflow function sees: ``ctx.run`` (the run) and ``ctx.step`` (its steps)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from ow_es.durations import Duration
+from ow_es.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ow_es.executor import Execution
+    from ow_es.workflow import Workflow
+
+T = TypeVar("T")
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    workflow_name: str
+    version: str | None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+
+
+class Steps:
+    """Durable steps. Each is recorded once; on replay its recorded result is returned."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]] | Callable[[], T],
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+    ) -> T:
+        """Run ``fn`` once (retrying failures per ``retry``); an ``async def`` is awaited on the
+        worker's loop, a plain function runs in the worker's thread pool."""
+        result: T = await self._execution.run_step(name, fn, retry=retry, timeout=timeout)
+        return result
+
+    async def sleep(self, name: str, duration: Duration) -> None:
+        """Park the run for ``duration``; the worker slot is freed meanwhile."""
+        await self._execution.sleep(name, duration=duration)
+
+    async def sleep_until(self, name: str, until: datetime) -> None:
+        await self._execution.sleep(name, until=until)
+
+    async def wait_for_signal(
+        self, signal: str, *, timeout: Duration | None = None, name: str | None = None
+    ) -> Any:
+        """The data of the next ``signal`` sent to this run, or None after ``timeout``."""
+        return await self._execution.wait_for_signal(signal, timeout=timeout, name=name)
+
+    async def send_signal(
+        self, signal: str, data: Any = None, *, name: str | None = None
+    ) -> list[str]:
+        """Deliver ``signal`` to every run waiting on it; returns their ids."""
+        return await self._execution.send_signal(signal, data, name=name)
+
+    async def run_workflow(
+        self,
+        workflow: Workflow[Any] | str,
+        input: Any = None,
+        *,
+        version: str | None = None,
+        timeout: Duration | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Start a child run (once, across replays) and return its output."""
+        return await self._execution.run_child(
+            workflow, input, version=version, timeout=timeout, name=name
+        )
+
+
+class Context:
+    def __init__(self, run: RunInfo, steps: Steps) -> None:
+        self.run = run
+        self.step = steps

@@ -1,0 +1,75 @@
+"""What replay needs from a run's history: recorded step results, failures, waits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ow_es import events as ev
+from ow_es.models import Event
+
+
+@dataclass
+class History:
+    seq: int = 0
+    claim_token: str | None = None
+    completed: dict[str, ev.StepCompleted] = field(default_factory=dict)
+    # Failures since the last resume (or body retry), which count against a step's budget.
+    failures: dict[str, int] = field(default_factory=dict)
+    final_failures: dict[str, ev.StepFailed] = field(default_factory=dict)
+    retry_until: dict[str, datetime] = field(default_factory=dict)
+    started: dict[str, ev.StepStarted] = field(default_factory=dict)
+    started_at: dict[str, datetime] = field(default_factory=dict)
+    signals: dict[str, ev.SignalReceived] = field(default_factory=dict)
+    child_finished: dict[str, ev.ChildFinished] = field(default_factory=dict)
+    function_attempts: int = 0
+
+    @classmethod
+    def of(cls, events: list[Event]) -> History:
+        history = cls()
+        for event in events:
+            history.add(
+                event.seq,
+                event.created_at,
+                ev.decode_data(event.type, event.schema_version, event.data),
+            )
+        return history
+
+    def add(self, seq: int, at: datetime, data: ev.EventData) -> None:
+        self.seq = max(self.seq, seq)
+        match data:
+            case ev.RunClaimed():
+                self.claim_token = data.claim_token
+            case ev.StepStarted():
+                self.started[data.step_name] = data
+                self.started_at[data.step_name] = at
+            case ev.StepCompleted():
+                self.completed[data.step_name] = data
+                self.final_failures.pop(data.step_name, None)
+                if data.kind == "function":
+                    self.function_attempts += 1
+            case ev.StepFailed():
+                self.failures[data.step_name] = self.failures.get(data.step_name, 0) + 1
+                if data.final:
+                    self.final_failures[data.step_name] = data
+                if data.kind == "function":
+                    self.function_attempts += 1
+            case ev.RetryScheduled():
+                if data.step_name is None:
+                    self._fresh_budgets()
+                else:
+                    self.retry_until[data.step_name] = data.until
+            case ev.RunResumed():
+                self._fresh_budgets()
+            case ev.SignalReceived():
+                self.signals[data.step_name] = data
+            case ev.ChildFinished():
+                self.child_finished[data.step_name] = data
+            case _:
+                pass
+
+    def _fresh_budgets(self) -> None:
+        """After a resume or a body retry, earlier step failures no longer count."""
+        self.failures.clear()
+        self.final_failures.clear()
+        self.retry_until.clear()

@@ -1,0 +1,190 @@
+"""One write transaction, written once for both adapters.
+
+An adapter subclasses :class:`Transaction` with a few SQL primitives (insert a run row, lock
+rows, write a plan, the lookups below); the rules of appending, claiming and delivering
+signals live here and in ``planner``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ow_es import events as ev
+from ow_es.errors import ConcurrencyError
+from ow_es.models import StepAttempt, WorkflowRun
+from ow_es.store.base import Appended, AppendRequest, Outcome, WorkflowKey
+from ow_es.store.planner import (
+    Plan,
+    claim_requests,
+    claimed_runs,
+    is_create,
+    merge,
+    plan_create,
+    plan_updates,
+    split_rounds,
+)
+
+
+class Transaction(abc.ABC):
+    def __init__(self, namespace: str, now: datetime) -> None:
+        self.namespace = namespace
+        self.now = now
+        self.ready = False  # some run became ready: wake workers after commit
+        self.done: list[str] = []  # runs that ended: wake their result() waiters
+
+    # -- primitives of an adapter ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def insert_run(self, run: WorkflowRun) -> bool:
+        """Insert a new run row; False when its idempotency key is taken."""
+
+    @abc.abstractmethod
+    async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None: ...
+
+    @abc.abstractmethod
+    async def lock_runs(self, run_ids: list[str]) -> dict[str, WorkflowRun]:
+        """The current rows of these runs, locked until commit."""
+
+    @abc.abstractmethod
+    async def write(self, plan: Plan) -> None:
+        """Insert the plan's events, update its run rows, upsert its step rows."""
+
+    @abc.abstractmethod
+    async def claim_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
+        """Lock up to ``limit`` ready runs of ``workflows`` (skipping rows locked by others)."""
+
+    @abc.abstractmethod
+    async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]: ...
+
+    @abc.abstractmethod
+    async def signal_send(self, key: str) -> list[str] | None: ...
+
+    @abc.abstractmethod
+    async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None: ...
+
+    # -- the rules -------------------------------------------------------------------------
+
+    async def apply(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        """Append every request; each gets its own outcome. A run's end is told to its
+        parent in the same transaction."""
+        indexed = list(enumerate(requests))
+        outcomes: dict[int, Outcome] = {}
+        next_index = len(indexed)
+        while indexed:
+            follow_ups: list[AppendRequest] = []
+            for round_ in split_rounds(indexed):
+                plan = await self._plan_round(round_)
+                await self.write(plan)
+                outcomes.update(plan.outcomes)
+                follow_ups.extend(plan.follow_ups)
+                self.ready = self.ready or plan.ready
+                self.done.extend(plan.done)
+            indexed = [(next_index + i, r) for i, r in enumerate(follow_ups)]
+            next_index += len(follow_ups)
+        return [outcomes[i] for i in range(len(requests))]
+
+    async def _plan_round(self, round_: list[tuple[int, AppendRequest]]) -> Plan:
+        plan = Plan()
+        updates = []
+        for index, request in round_:
+            if not is_create(request):
+                updates.append((index, request))
+                continue
+            created, run = plan_create(self.namespace, self.now, request)
+            if await self.insert_run(run):
+                created.inserted_runs.clear()  # the row is in already
+                created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
+                merge(plan, created)
+                continue
+            data = request.events[0]
+            assert isinstance(data, ev.RunCreated)
+            existing = await self.find_by_key(run.workflow_name, data.idempotency_key)
+            if existing is None:
+                plan.outcomes[index] = ConcurrencyError(f"run id {run.id} is already taken")
+            else:
+                plan.outcomes[index] = Appended(run=existing, created=False)
+        if updates:
+            rows = await self.lock_runs([r.run_id for _, r in updates])
+            merge(plan, plan_updates(self.namespace, self.now, updates, rows))
+        return plan
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+    ) -> list[WorkflowRun]:
+        rows = await self.claim_ready(workflows, limit)
+        if not rows:
+            return []
+        requests = claim_requests(rows, worker_id, self.now, lease_seconds)
+        outcomes = await self.apply(requests)
+        plan = Plan(outcomes=dict(enumerate(outcomes)))
+        return claimed_runs(plan, len(requests))
+
+    async def deliver_signal(
+        self,
+        signal_name: str,
+        data: Any,
+        idempotency_key: str | None,
+        sender: AppendRequest | None = None,
+        sender_step: str | None = None,
+    ) -> list[str]:
+        """Deliver to every open wait on ``signal_name`` (each at most once), record the send
+        on the sender run if any; all in this transaction. A repeated key delivers nothing."""
+        if idempotency_key is not None:
+            previous = await self.signal_send(idempotency_key)
+            if previous is not None:
+                return previous
+        waits = await self.open_signal_waits(signal_name)
+        sender_id = sender.run_id if sender is not None else None
+        deliveries = [
+            AppendRequest(
+                run_id=wait.run_id,
+                events=[
+                    ev.SignalReceived(
+                        signal_name=signal_name,
+                        step_name=wait.step_name,
+                        attempt=wait.attempt,
+                        started_at=wait.started_at,
+                        data=data,
+                        idempotency_key=idempotency_key,
+                        sender_run_id=sender_id,
+                    )
+                ],
+            )
+            for wait in waits
+            if wait.run_id != sender_id
+        ]
+        outcomes = await self.apply(deliveries)
+        delivered = sorted(
+            {d.run_id for d, o in zip(deliveries, outcomes, strict=True) if isinstance(o, Appended)}
+        )
+        if sender is not None:
+            sender.events.append(
+                ev.SignalSent(
+                    step_name=sender_step or f"send:{signal_name}",
+                    signal_name=signal_name,
+                    data=data,
+                    delivered_to=delivered,
+                    idempotency_key=idempotency_key,
+                    worker_id=_worker_of(sender),
+                )
+            )
+            for event in sender.events:
+                if isinstance(event, ev.StepCompleted) and event.kind == "signal_send":
+                    event.output = delivered
+            (outcome,) = await self.apply([sender])
+            if not isinstance(outcome, Appended):
+                raise outcome  # rolls the deliveries back with it
+        if idempotency_key is not None:
+            await self.record_signal_send(idempotency_key, signal_name, delivered)
+        return delivered
+
+
+def _worker_of(request: AppendRequest) -> str | None:
+    for event in request.events:
+        worker = getattr(event, "worker_id", None)
+        if worker is not None:
+            return str(worker)
+    return None

@@ -1,0 +1,210 @@
+"""The worker: claims ready runs of its workflows and executes them, up to ``concurrency``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ow_es.appender import GroupCommitter
+from ow_es.durations import Duration, to_seconds, utcnow
+from ow_es.errors import OwEsError
+from ow_es.executor import Execution, Settings
+from ow_es.models import WorkflowRun
+
+if TYPE_CHECKING:
+    from ow_es.client import OpenWorkflow
+
+log = logging.getLogger("ow_es.worker")
+
+_SQLITE_FAST_POLL = 0.02  # seconds between claims right after work was found
+
+
+class Worker:
+    def __init__(
+        self,
+        client: OpenWorkflow,
+        *,
+        concurrency: int = 10,
+        lease: Duration = "30s",
+        heartbeat: Duration | None = None,
+        poll_interval: Duration = "1s",
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.client = client
+        self.concurrency = concurrency
+        self.lease = to_seconds(lease, "lease")
+        self.heartbeat_interval = (
+            to_seconds(heartbeat, "heartbeat") if heartbeat is not None else self.lease / 3
+        )
+        if self.heartbeat_interval >= self.lease:
+            raise ValueError("heartbeat must be shorter than the lease")
+        self.poll_interval = to_seconds(poll_interval, "poll_interval")
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stop_timeout = 30.0
+        self._active: dict[str, tuple[asyncio.Task[None], Execution]] = {}
+        self._slot_freed = asyncio.Event()
+        self._threads: ThreadPoolExecutor | None = None
+
+    # -- public ----------------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Serve until ``stop()`` (or cancellation); in-flight runs are then finished within the
+        stop timeout or released for other workers."""
+        store = self.client.store
+        workflows = self.client.registered_keys()
+        if not workflows:
+            raise OwEsError("no workflows are registered on this client; nothing to serve")
+        wake = store.wake_channel()
+        await wake.start()
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="ow-es-step")
+        settings = Settings(
+            worker_id=self.worker_id,
+            store=store,
+            committer=GroupCommitter(store),
+            threads=self._threads,
+            max_payload_bytes=self.client.max_payload_bytes,
+            workflows=self.client.registered,
+        )
+        if handle_signals:
+            self._install_signal_handlers()
+        heartbeats = asyncio.create_task(self._heartbeat_loop(), name="ow-es-heartbeat")
+        try:
+            await self._claim_loop(settings, workflows)
+        finally:
+            heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeats
+            await self._drain()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def stop(self, timeout: float = 30) -> None:
+        """Stop claiming; let in-flight runs finish for up to ``timeout`` seconds, then release
+        the rest for other workers."""
+        self._stop_timeout = timeout
+        self._stopping.set()
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._active)
+
+    # -- loops -----------------------------------------------------------------------------
+
+    async def _claim_loop(
+        self, settings: Settings, workflows: list[tuple[str, str | None]]
+    ) -> None:
+        store = self.client.store
+        wake = store.wake_channel()
+        idle_wait = _SQLITE_FAST_POLL
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._active)
+            claimed: list[WorkflowRun] = []
+            if free > 0:
+                try:
+                    claimed = await store.claim(self.worker_id, workflows, free, self.lease)
+                except OwEsError as exc:
+                    log.warning("claim failed: %s", exc)
+            for run in claimed:
+                self._start(run, settings)
+            self.ready.set()
+            if free > 0 and len(claimed) == free:
+                continue  # there may be more ready work
+            timeout = self.poll_interval
+            if store.backend == "sqlite":
+                # No notifications across processes: poll fast while busy, back off when idle.
+                idle_wait = _SQLITE_FAST_POLL if claimed else min(idle_wait * 2, self.poll_interval)
+                timeout = idle_wait
+            if free > len(claimed):
+                timeout = min(timeout, await self._until_next_timer(workflows))
+            await self._wait_for_work(wake, timeout, full=free == len(claimed))
+
+    async def _until_next_timer(self, workflows: list[tuple[str, str | None]]) -> float:
+        try:
+            wake_at: datetime | None = await self.client.store.next_wake_at(workflows)
+        except OwEsError:
+            return self.poll_interval
+        if wake_at is None:
+            return self.poll_interval
+        return max(0.0, (wake_at - utcnow()).total_seconds())
+
+    async def _wait_for_work(self, wake: Any, timeout: float, *, full: bool) -> None:
+        """Wait for a wake-up, a finished run (a freed slot, perhaps a new timer), a stop, or
+        the timeout. While every slot is busy, wake-ups wait for a slot first."""
+        waiters = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._slot_freed.wait()),
+        ]
+        if not full:
+            waiters.append(asyncio.ensure_future(wake.wait_ready(timeout)))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            self._slot_freed.clear()
+
+    def _start(self, run: WorkflowRun, settings: Settings) -> None:
+        workflow = self.client.registered(run.workflow_name, run.version)
+        if workflow is None:  # cannot happen: the claim filters by registered name and version
+            log.error("claimed run %s of unknown workflow %s", run.id, run.workflow_name)
+            return
+        execution = Execution(run, workflow, settings)
+        task = asyncio.create_task(execution.execute(), name=f"ow-es-run-{run.id}")
+        self._active[run.id] = (task, execution)
+        task.add_done_callback(functools.partial(self._finished, run.id))
+
+    def _finished(self, run_id: str, _task: asyncio.Task[None]) -> None:
+        entry = self._active.pop(run_id, None)
+        if entry is not None and not entry[0].cancelled() and entry[0].exception() is not None:
+            log.error("run %s: executor crashed", run_id, exc_info=entry[0].exception())
+        self._slot_freed.set()
+
+    async def _heartbeat_loop(self) -> None:
+        store = self.client.store
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            claims = {run_id: ex.token for run_id, (_, ex) in self._active.items()}
+            if not claims:
+                continue
+            try:
+                held = await store.heartbeat(claims, self.lease)
+            except OwEsError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for run_id in set(claims) - held:
+                entry = self._active.get(run_id)
+                if entry is not None and entry[1].token == claims[run_id]:
+                    log.info("run %s: lease lost (canceled or taken over); dropping it", run_id)
+                    entry[0].cancel()
+
+    async def _drain(self) -> None:
+        """Give in-flight runs the stop timeout, then cancel and release the rest."""
+        tasks = [task for task, _ in self._active.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._stop_timeout)
+        leftovers = list(self._active.values())
+        for task, _ in leftovers:
+            task.cancel()
+        for task, execution in leftovers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            with contextlib.suppress(Exception):
+                await execution.release_after_stop()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopping.set)
