@@ -1,0 +1,203 @@
+"""Plain-text views of runs, step attempts and events for ``ow-es runs``; JSON for --json."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from ow_es.cli_common import iso
+from ow_es.models import Event, StepAttempt, WorkflowRun
+
+_CLIP = 60  # characters of a payload shown inline
+_TIME_KEYS = frozenset({"until", "lease_until", "available_at", "deadline_at"})
+# The facts of an event worth a glance, in reading order; payloads are clipped.
+_EVENT_KEYS = (
+    "workflow_name",
+    "version",
+    "step_name",
+    "kind",
+    "attempt",
+    "signal_name",
+    "child_run_id",
+    "status",
+    "worker_id",
+    "until",
+    "lease_until",
+    "available_at",
+    "deadline_at",
+    "final",
+    "reason",
+    "cascaded_from",
+    "sender_run_id",
+    "delivered_to",
+    "idempotency_key",
+    "error",
+    "previous_error",
+    "input",
+    "output",
+    "data",
+)
+_SHORT = {
+    "workflow_name": "workflow",
+    "step_name": "step",
+    "signal_name": "signal",
+    "child_run_id": "child",
+    "sender_run_id": "sender",
+    "worker_id": "worker",
+}
+
+
+def to_json(value: Any) -> str:
+    """Indented JSON; msgspec writes datetimes as ISO-8601 strings."""
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
+
+def clip(value: Any) -> str:
+    text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    return text if len(text) <= _CLIP else text[: _CLIP - 3] + "..."
+
+
+def time_text(value: Any) -> str:
+    """An ISO string from the JSON side, shown like the row times."""
+    if isinstance(value, str):
+        try:
+            return iso(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return iso(value) if isinstance(value, datetime) else str(value)
+
+
+def error_text(error: dict[str, Any] | None) -> str:
+    if not error:
+        return "-"
+    return f"{error.get('type', 'Error')}: {error.get('message', '')}".strip()
+
+
+def waiting_text(waiting: dict[str, Any] | None) -> str:
+    """``sleep step=nap until ...``: why a running run has no worker."""
+    if not waiting:
+        return "-"
+    parts = [str(waiting.get("kind", "?"))]
+    for key in ("step", "name", "run_id"):
+        if waiting.get(key) is not None:
+            parts.append(f"{key}={waiting[key]}")
+    if waiting.get("until") is not None:
+        parts.append(f"until {time_text(waiting['until'])}")
+    return " ".join(parts)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns; the last column is not padded."""
+    body = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(row[i]) for row in body) for i in range(len(headers))]
+    lines = []
+    for row in body:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def runs_table(runs: Sequence[WorkflowRun]) -> str:
+    headers = ("ID", "WORKFLOW", "VERSION", "STATUS", "ATTEMPTS", "CREATED", "UPDATED", "WAITING")
+    rows = (
+        (
+            run.id,
+            run.workflow_name,
+            run.version or "-",
+            run.status,
+            str(run.attempts),
+            iso(run.created_at),
+            iso(run.updated_at),
+            waiting_text(run.waiting_for),
+        )
+        for run in runs
+    )
+    return table(headers, rows)
+
+
+def run_details(run: WorkflowRun) -> str:
+    fields = [
+        ("workflow", run.workflow_name + (f" (version {run.version})" if run.version else "")),
+        ("status", run.status),
+        ("attempts", str(run.attempts)),
+        ("created", iso(run.created_at)),
+        ("started", iso(run.started_at)),
+        ("finished", iso(run.finished_at)),
+        ("updated", iso(run.updated_at)),
+        ("available", iso(run.available_at)),
+        ("deadline", iso(run.deadline_at)),
+        ("worker", f"{run.worker_id} (lease until {iso(run.lease_until)})" if run.worker_id else "-"),
+        ("waiting for", waiting_text(run.waiting_for)),
+        ("idempotency", run.idempotency_key or "-"),
+        ("parent", run.parent_run_id or "-"),
+        ("input", clip(run.input)),
+        ("output", clip(run.output) if run.status == "completed" else "-"),
+        ("error", error_text(run.error)),
+    ]
+    return "\n".join([f"run {run.id}", *(f"  {name:<12} {value}" for name, value in fields)])
+
+
+def steps_table(steps: Sequence[StepAttempt]) -> str:
+    if not steps:
+        return "steps: none"
+    rows = (
+        (
+            step.step_name,
+            str(step.attempt),
+            step.kind,
+            step.status,
+            iso(step.started_at, millis=True),
+            iso(step.finished_at, millis=True),
+            _step_detail(step),
+        )
+        for step in steps
+    )
+    headers = ("STEP", "ATTEMPT", "KIND", "STATUS", "STARTED", "FINISHED", "DETAIL")
+    return f"steps ({len(steps)} attempts)\n" + _indent(table(headers, rows))
+
+
+def _step_detail(step: StepAttempt) -> str:
+    if step.error:
+        return error_text(step.error)
+    facts = []
+    if step.signal_name:
+        facts.append(f"signal={step.signal_name}")
+    if step.child_run_id:
+        facts.append(f"child={step.child_run_id}")
+    if step.status == "completed":
+        facts.append(f"output={clip(step.output)}")
+    return " ".join(facts)
+
+
+def timeline(events: Sequence[Event]) -> str:
+    rows = (
+        (str(e.seq), iso(e.created_at, millis=True), e.type, event_facts(e.data))
+        for e in events
+    )
+    return f"history ({len(events)} events)\n" + _indent(
+        table(("SEQ", "TIME", "TYPE", "DETAILS"), rows)
+    )
+
+
+def event_facts(data: dict[str, Any]) -> str:
+    """``step=charge attempt=2 worker=... error=ValueError: boom``, in a stable order."""
+    facts = []
+    for key in _EVENT_KEYS:
+        value = data.get(key)
+        if value is None or value == []:
+            continue
+        if key in ("error", "previous_error"):
+            text = error_text(value)
+        elif key in _TIME_KEYS:
+            text = time_text(value)
+        else:
+            text = clip(value)
+        facts.append(f"{_SHORT.get(key, key)}={text}")
+    return " ".join(facts)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

@@ -1,0 +1,61 @@
+"""The transaction-id barrier (Postgres): a log reader never passes over an event that is
+still uncommitted below events that did commit."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import ow_es
+from ow_es import events as ev
+from ow_es.store import AppendRequest
+from ow_es.store.tx import Transaction
+
+
+def _create(run_id: str) -> AppendRequest:
+    return AppendRequest(
+        run_id=run_id, events=[ev.RunCreated(workflow_name="wf", available_at=datetime.now(UTC))]
+    )
+
+
+async def test_reader_waits_for_a_held_transaction(pg_url: str, make_client: object) -> None:
+    import uuid
+
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    holder = await ow_es.connect(pg_url, schema=schema)
+    other = await ow_es.connect(pg_url, schema=schema)
+    reader = await ow_es.connect(pg_url, schema=schema)
+    try:
+        await holder.store.append([_create("before")])
+        first = await reader.store.read_log(None, 100)
+        assert [e.run_id for e in first.events] == ["before"]
+
+        appended = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold(tx: Transaction) -> None:
+            await tx.apply([_create("held")])
+            appended.set()
+            await release.wait()  # the transaction stays open, its event uncommitted
+
+        held = asyncio.create_task(holder.store.run("holding", hold))
+        await asyncio.wait_for(appended.wait(), 10)
+        await other.store.append([_create("later")])  # commits after the held append
+
+        blocked = await reader.store.read_log(first.cursor, 100)
+        assert blocked.events == []  # "later" is committed but must not be read past "held"
+        assert blocked.cursor == first.cursor
+
+        release.set()
+        await asyncio.wait_for(held, 10)
+        after = await reader.store.read_log(first.cursor, 100)
+        assert [e.run_id for e in after.events] == ["held", "later"]
+        again = await reader.store.read_log(after.cursor, 100)
+        assert again.events == []
+    finally:
+        for client in (holder, other, reader):
+            await client.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -1,0 +1,114 @@
+"""Migrations: they produce the schema the code expects, run once under concurrency, and a
+database migrated by a newer ow-es is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+import ow_es
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS
+from ow_es.store import migrator
+
+EVENT_COLUMNS = {
+    "position", "namespace_id", "run_id", "seq", "type", "schema_version", "data", "created_at",
+}  # fmt: skip
+
+
+def _columns(db: dict[str, Any], table: str) -> set[str]:
+    if db["backend"] == "sqlite":
+        path = db["url"].removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    with psycopg.connect(db["url"]) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = %s",
+            [db["schema"], table],
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+async def test_migrations_produce_the_schema_the_code_expects(
+    db: dict[str, Any], make_client: Any
+) -> None:
+    client = await make_client()
+    await client.connect()
+    assert _columns(db, "workflow_runs") == set(RUN_COLUMNS)
+    assert _columns(db, "step_attempts") == set(STEP_COLUMNS)
+    assert _columns(db, "events") >= EVENT_COLUMNS
+    if db["backend"] == "postgres":
+        assert "tx_id" in _columns(db, "events")
+    assert await client.store.schema_version() == migrator.latest_version(client.store.backend)
+
+
+async def test_migrate_is_idempotent_and_dry_run_writes_nothing(
+    db: dict[str, Any], make_client: Any
+) -> None:
+    client = await make_client(migrate=False)
+    await client.connect()
+    assert await client.store.migrate(dry_run=True) == ["0001_initial.sql"]
+    assert await client.store.migrate(dry_run=True) == ["0001_initial.sql"]  # still pending
+    assert await client.store.migrate() == ["0001_initial.sql"]
+    assert await client.store.migrate() == []
+    assert await client.store.migrate(dry_run=True) == []
+
+
+async def test_newer_database_is_refused(db: dict[str, Any], make_client: Any) -> None:
+    client = await make_client()
+    await client.connect()
+    await client.close()
+    future = migrator.latest_version(db["backend"]) + 1
+    if db["backend"] == "sqlite":
+        with sqlite3.connect(db["url"].removeprefix("sqlite:///")) as conn:
+            conn.execute("INSERT INTO schema_migrations VALUES (?, 'future.sql', 'now')", (future,))
+    else:
+        with psycopg.connect(db["url"], autocommit=True) as conn:
+            conn.execute(
+                f'INSERT INTO "{db["schema"]}".schema_migrations (version, name)'
+                " VALUES (%s, 'future.sql')",
+                [future],
+            )
+    for migrate in (True, False):
+        newer = await make_client(migrate=migrate)
+        with pytest.raises(ow_es.StoreUnavailable, match="newer than this ow-es"):
+            await newer.connect()
+
+
+_CONNECT = """
+import asyncio, sys
+import ow_es
+async def main():
+    client = await ow_es.connect(sys.argv[1], schema=sys.argv[2])
+    await client.close()
+asyncio.run(main())
+"""
+
+
+async def test_eight_processes_connecting_to_an_empty_schema_all_succeed(pg_url: str) -> None:
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CONNECT, pg_url, schema],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(8)
+        ]
+        results = await asyncio.gather(*(asyncio.to_thread(p.communicate, None, 60) for p in procs))
+        for proc, (_, err) in zip(procs, results, strict=True):
+            assert proc.returncode == 0, err.decode()
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(f'SELECT version FROM "{schema}".schema_migrations').fetchall()
+        assert rows == [(1,)]  # migrated exactly once
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
