@@ -1,7 +1,9 @@
 """Finding the user's workflows from an APP target: ``module:attr`` or ``module``.
 
 ``module:attr`` names an ``OpenWorkflow`` (or one ``Workflow``); ``module`` alone serves every
-workflow found at its top level. Without a target, ``[tool.ow-es] app`` in ./pyproject.toml.
+workflow found at its top level (and those registered on its top-level clients) on a fresh
+client connected with the CLI's options. Without a target, ``[tool.ow-es] app`` in
+./pyproject.toml.
 """
 
 from __future__ import annotations

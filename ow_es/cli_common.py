@@ -27,7 +27,7 @@ class CliError(click.ClickException):
 
 def one_line(exc: BaseException) -> str:
     """The exception's message (and its cause, if any) folded into one line."""
-    parts = []
+    parts: list[str] = []
     current: BaseException | None = exc
     while current is not None and len(parts) < 3:
         text = "; ".join(line.strip() for line in str(current).splitlines() if line.strip())
@@ -64,19 +64,22 @@ _CONNECTION_OPTIONS = (
         "--database-url",
         envvar=["OW_ES_DATABASE_URL", "OPENWORKFLOW_POSTGRES_URL"],
         show_envvar=True,
-        help="postgresql://... or sqlite:///path.db  [default: sqlite:///openworkflow.db]",
+        show_default="sqlite:///openworkflow.db",
+        help="postgresql://... or sqlite:///path.db",
     ),
     click.option(
         "--namespace",
         envvar="OPENWORKFLOW_NAMESPACE_ID",
         show_envvar=True,
-        help="Namespace of the runs.  [default: default]",
+        show_default="default",
+        help="Namespace of the runs.",
     ),
     click.option(
         "--schema",
         envvar="OPENWORKFLOW_SCHEMA",
         show_envvar=True,
-        help="PostgreSQL schema (ignored on SQLite).  [default: openworkflow]",
+        show_default="openworkflow",
+        help="PostgreSQL schema (ignored on SQLite).",
     ),
 )
 

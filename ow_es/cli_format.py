@@ -129,7 +129,10 @@ def run_details(run: WorkflowRun) -> str:
         ("updated", iso(run.updated_at)),
         ("available", iso(run.available_at)),
         ("deadline", iso(run.deadline_at)),
-        ("worker", f"{run.worker_id} (lease until {iso(run.lease_until)})" if run.worker_id else "-"),
+        (
+            "worker",
+            f"{run.worker_id} (lease until {iso(run.lease_until)})" if run.worker_id else "-",
+        ),
         ("waiting for", waiting_text(run.waiting_for)),
         ("idempotency", run.idempotency_key or "-"),
         ("parent", run.parent_run_id or "-"),
@@ -174,8 +177,7 @@ def _step_detail(step: StepAttempt) -> str:
 
 def timeline(events: Sequence[Event]) -> str:
     rows = (
-        (str(e.seq), iso(e.created_at, millis=True), e.type, event_facts(e.data))
-        for e in events
+        (str(e.seq), iso(e.created_at, millis=True), e.type, event_facts(e.data)) for e in events
     )
     return f"history ({len(events)} events)\n" + _indent(
         table(("SEQ", "TIME", "TYPE", "DETAILS"), rows)

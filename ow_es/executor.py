@@ -165,9 +165,14 @@ class Execution:
 
     async def _finish(self, outcome: str, value: Any) -> None:
         if outcome == "deadline":
-            await self._append([self._failed_event(
-                {"type": "DeadlineExceeded", "message": "deadline exceeded"}, "deadline exceeded"
-            )])  # fmt: skip
+            await self._append(
+                [
+                    self._failed_event(
+                        {"type": "DeadlineExceeded", "message": "deadline exceeded"},
+                        "deadline exceeded",
+                    )
+                ]
+            )
         elif self._limit_exceeded:
             limit = self.workflow.max_step_attempts
             exc = StepLimitExceeded(f"the run made more than {limit} step attempts")
@@ -373,18 +378,35 @@ class Execution:
         except Exception as exc:
             error = error_info(exc)
             final = not policy.retryable(exc) or attempt >= policy.maximum_attempts
-            await self._append([ev.StepFailed(
-                step_name=name, kind="function", attempt=attempt, error=error,
-                started_at=started, final=final, worker_id=worker,
-            )])  # fmt: skip
+            await self._append(
+                [
+                    ev.StepFailed(
+                        step_name=name,
+                        kind="function",
+                        attempt=attempt,
+                        error=error,
+                        started_at=started,
+                        final=final,
+                        worker_id=worker,
+                    )
+                ]
+            )
             if final:
                 raise _step_failed(name, error, attempt) from None
             until = utcnow() + timedelta(seconds=policy.delay(attempt))
             raise self._parking(Park("retry", name, until, attempt=attempt + 1)) from None
-        await self._append([ev.StepCompleted(
-            step_name=name, kind="function", attempt=attempt, output=value,
-            started_at=started, worker_id=worker,
-        )])  # fmt: skip
+        await self._append(
+            [
+                ev.StepCompleted(
+                    step_name=name,
+                    kind="function",
+                    attempt=attempt,
+                    output=value,
+                    started_at=started,
+                    worker_id=worker,
+                )
+            ]
+        )
         return from_json_value(value, _return_type(fn), f"step {name!r} result")
 
     async def _call(
@@ -400,9 +422,16 @@ class Execution:
             )
         done, _ = await asyncio.wait({task}, timeout=STARTED_GRACE_SECONDS)
         if not done:
-            await self._append([ev.StepStarted(
-                step_name=name, kind="function", attempt=attempt, worker_id=self.settings.worker_id
-            )])  # fmt: skip
+            await self._append(
+                [
+                    ev.StepStarted(
+                        step_name=name,
+                        kind="function",
+                        attempt=attempt,
+                        worker_id=self.settings.worker_id,
+                    )
+                ]
+            )
         remaining = None if timeout is None else max(0.0, timeout - STARTED_GRACE_SECONDS)
         try:
             return await asyncio.wait_for(task, remaining if not done else None)
@@ -430,16 +459,30 @@ class Execution:
             )
             if wake.tzinfo is None:
                 raise ValueError("sleep_until needs a timezone-aware datetime")
-            appended = await self._append([ev.StepStarted(
-                step_name=name, kind="sleep", attempt=1, input={"until": wake.isoformat()},
-                worker_id=self.settings.worker_id,
-            )])  # fmt: skip
+            appended = await self._append(
+                [
+                    ev.StepStarted(
+                        step_name=name,
+                        kind="sleep",
+                        attempt=1,
+                        input={"until": wake.isoformat()},
+                        worker_id=self.settings.worker_id,
+                    )
+                ]
+            )
             started_at = appended.run.updated_at
         if wake <= utcnow():
-            await self._append([ev.StepCompleted(
-                step_name=name, kind="sleep", attempt=1, started_at=started_at,
-                worker_id=self.settings.worker_id,
-            )])  # fmt: skip
+            await self._append(
+                [
+                    ev.StepCompleted(
+                        step_name=name,
+                        kind="sleep",
+                        attempt=1,
+                        started_at=started_at,
+                        worker_id=self.settings.worker_id,
+                    )
+                ]
+            )
             return
         raise self._parking(Park("sleep", name, wake))
 
@@ -461,11 +504,18 @@ class Execution:
                 if timeout is None
                 else utcnow() + timedelta(seconds=to_seconds(timeout, "timeout"))
             )
-            appended = await self._append([ev.StepStarted(
-                step_name=name, kind="signal_wait", attempt=1, signal_name=signal,
-                input={"until": wake.isoformat() if wake else None},
-                worker_id=self.settings.worker_id,
-            )])  # fmt: skip
+            appended = await self._append(
+                [
+                    ev.StepStarted(
+                        step_name=name,
+                        kind="signal_wait",
+                        attempt=1,
+                        signal_name=signal,
+                        input={"until": wake.isoformat() if wake else None},
+                        worker_id=self.settings.worker_id,
+                    )
+                ]
+            )
             started_at = appended.run.updated_at
         else:
             raw = started.input.get("until") if isinstance(started.input, dict) else None
@@ -473,10 +523,20 @@ class Execution:
             started_at = self.history.started_at[name]
         if wake is not None and wake <= utcnow():
             # expect=True: a signal delivered meanwhile makes this stale instead of lost.
-            await self._append([ev.StepCompleted(
-                step_name=name, kind="signal_wait", attempt=1, output=None, signal_name=signal,
-                started_at=started_at, worker_id=self.settings.worker_id,
-            )], expect=True)  # fmt: skip
+            await self._append(
+                [
+                    ev.StepCompleted(
+                        step_name=name,
+                        kind="signal_wait",
+                        attempt=1,
+                        output=None,
+                        signal_name=signal,
+                        started_at=started_at,
+                        worker_id=self.settings.worker_id,
+                    )
+                ],
+                expect=True,
+            )
             return None
         raise self._parking(Park("signal", name, wake, signal=signal))
 
@@ -490,16 +550,27 @@ class Execution:
         sender = AppendRequest(
             run_id=self.run.id,
             claim_token=self.token,
-            events=[ev.StepCompleted(
-                step_name=name, kind="signal_send", attempt=1, output=[], signal_name=signal,
-                started_at=utcnow(), worker_id=self.settings.worker_id,
-            )],
-        )  # fmt: skip
+            events=[
+                ev.StepCompleted(
+                    step_name=name,
+                    kind="signal_send",
+                    attempt=1,
+                    output=[],
+                    signal_name=signal,
+                    started_at=utcnow(),
+                    worker_id=self.settings.worker_id,
+                )
+            ],
+        )
         try:
-            delivered = await self._tracked(self.settings.store.run(
-                "sending a signal",
-                lambda tx: tx.deliver_signal(signal, value, None, sender=sender, sender_step=name),
-            ))  # fmt: skip
+            delivered = await self._tracked(
+                self.settings.store.run(
+                    "sending a signal",
+                    lambda tx: tx.deliver_signal(
+                        signal, value, None, sender=sender, sender_step=name
+                    ),
+                )
+            )
         except (ConcurrencyError, InvalidTransition):
             raise RunLost() from None
         run = await self.settings.store.get_run(self.run.id)
@@ -540,11 +611,21 @@ class Execution:
             wake = datetime.fromisoformat(raw) if raw else None
             if wake is not None and wake <= utcnow():
                 error = error_info(StepTimeout(f"child run {child_id} did not finish in time"))
-                await self._append([ev.StepFailed(
-                    step_name=name, kind="workflow", attempt=1, error=error, final=True,
-                    started_at=self.history.started_at[name], child_run_id=child_id,
-                    worker_id=self.settings.worker_id,
-                )], expect=True)  # fmt: skip
+                await self._append(
+                    [
+                        ev.StepFailed(
+                            step_name=name,
+                            kind="workflow",
+                            attempt=1,
+                            error=error,
+                            final=True,
+                            started_at=self.history.started_at[name],
+                            child_run_id=child_id,
+                            worker_id=self.settings.worker_id,
+                        )
+                    ],
+                    expect=True,
+                )
                 raise _step_failed(name, error, 1)
         raise self._parking(Park("child", name, wake, child_run_id=child_id))
 
@@ -565,29 +646,42 @@ class Execution:
         wake = None if timeout is None else now + timedelta(seconds=to_seconds(timeout, "timeout"))
         create = AppendRequest(
             run_id=uuid.uuid4().hex,
-            events=[ev.RunCreated(
-                workflow_name=wf_name, version=version, input=value,
-                # The key makes the child exactly-once across replays of this step.
-                idempotency_key=f"{self.run.id}/{name}", parent_run_id=self.run.id,
-                parent_step_name=name, available_at=now,
-            )],
-        )  # fmt: skip
+            events=[
+                ev.RunCreated(
+                    workflow_name=wf_name,
+                    version=version,
+                    input=value,
+                    # The key makes the child exactly-once across replays of this step.
+                    idempotency_key=f"{self.run.id}/{name}",
+                    parent_run_id=self.run.id,
+                    parent_step_name=name,
+                    available_at=now,
+                )
+            ],
+        )
         created = await self.settings.store.append([create])
         child = created[0]
         if not isinstance(child, Appended):
             raise child
         child_id = child.run.id
-        await self._append([
-            ev.StepStarted(
-                step_name=name, kind="workflow", attempt=1, child_run_id=child_id,
-                input={"until": wake.isoformat() if wake else None},
-                worker_id=self.settings.worker_id,
-            ),
-            ev.ChildStarted(
-                step_name=name, child_run_id=child_id, workflow_name=wf_name,
-                worker_id=self.settings.worker_id,
-            ),
-        ])  # fmt: skip
+        await self._append(
+            [
+                ev.StepStarted(
+                    step_name=name,
+                    kind="workflow",
+                    attempt=1,
+                    child_run_id=child_id,
+                    input={"until": wake.isoformat() if wake else None},
+                    worker_id=self.settings.worker_id,
+                ),
+                ev.ChildStarted(
+                    step_name=name,
+                    child_run_id=child_id,
+                    workflow_name=wf_name,
+                    worker_id=self.settings.worker_id,
+                ),
+            ]
+        )
         if child.run.is_terminal:
             raise _Stale()  # it finished before we recorded it: replay to pick up its result
         return child_id, wake

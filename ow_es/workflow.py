@@ -12,8 +12,8 @@ from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 
 if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow
-    from ow_es.handle import RunHandle
     from ow_es.context import Context
+    from ow_es.handle import RunHandle
 
 R = TypeVar("R")
 WorkflowFn = Callable[..., Awaitable[Any]]

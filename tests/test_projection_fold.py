@@ -9,6 +9,7 @@ coordination column ``lease_until``. At the end every event type must have been 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,6 +66,8 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.loop.close()
 
     # -- helpers ---------------------------------------------------------------------------
+    # Rules draw all their data up front (as rule arguments), never depending on database
+    # state, so hypothesis can replay and shrink examples exactly.
 
     def _runs(self, predicate: Any) -> list[WorkflowRun]:
         return sorted((r for r in self.rows.values() if predicate(r)), key=lambda r: r.id)
@@ -72,16 +75,15 @@ class ProjectionMachine(RuleBasedStateMachine):
     def _claimed(self) -> list[WorkflowRun]:
         return self._runs(lambda r: r.claim_token is not None and r.status == "running")
 
+    @staticmethod
+    def _pick(pick: int, items: list[WorkflowRun]) -> WorkflowRun | None:
+        return items[pick % len(items)] if items else None
+
     def _append(self, requests: list[AppendRequest]) -> list[Any]:
         return list(self.do(self.client.store.append(requests)))
 
     def _fenced(self, run: WorkflowRun, *events: ev.EventData) -> AppendRequest:
         return AppendRequest(run_id=run.id, claim_token=run.claim_token, events=list(events))
-
-    @staticmethod
-    def _pick(data: st.DataObject, items: list[WorkflowRun]) -> WorkflowRun:
-        # Draws never depend on database state, so hypothesis can replay examples exactly.
-        return items[data.draw(st.integers(0, 1000)) % len(items)]
 
     def _new_id(self) -> str:
         self.counter += 1
@@ -117,19 +119,26 @@ class ProjectionMachine(RuleBasedStateMachine):
     def claim(self, limit: int) -> None:
         self.do(self.client.store.claim("worker-1", [WORKFLOW], limit, 30))
 
-    @rule(data=st.data())
-    def steps(self, data: st.DataObject) -> None:
+    @rule(
+        picks=st.lists(
+            st.tuples(
+                st.integers(0, 1000),
+                st.integers(0, 3),
+                st.sampled_from(["started", "completed", "failed"]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def steps(self, picks: list[tuple[int, int, str, bool]]) -> None:
         claimed = self._claimed()
-        if not claimed:
-            return
-        chosen = [
-            claimed[i % len(claimed)]
-            for i in data.draw(st.lists(st.integers(0, 1000), min_size=1, max_size=4))
-        ]
         requests = []
-        for run in chosen:  # a run may appear twice in one batch, as parallel steps do
-            name = f"s{data.draw(st.integers(0, 3))}"
-            kind = data.draw(st.sampled_from(["started", "completed", "failed"]))
+        for pick, number, kind, final in picks:  # a run may appear twice, as parallel steps do
+            run = self._pick(pick, claimed)
+            if run is None:
+                return
+            name = f"s{number}"
             if kind == "started":
                 event: ev.EventData = ev.StepStarted(step_name=name, kind="function", attempt=1)
             elif kind == "completed":
@@ -137,23 +146,22 @@ class ProjectionMachine(RuleBasedStateMachine):
                     step_name=name, kind="function", attempt=1, output=[1], started_at=_now()
                 )
             else:
+                error = {"type": "E", "message": "m", "traceback": "t"}
                 event = ev.StepFailed(
-                    step_name=name,
-                    kind="function",
-                    attempt=2,
-                    error={"type": "E", "message": "m", "traceback": "t"},
-                    started_at=_now(),
-                    final=data.draw(st.booleans()),
-                )
+                    step_name=name, kind="function", attempt=2, error=error,
+                    started_at=_now(), final=final,
+                )  # fmt: skip
             requests.append(self._fenced(run, event))
         self._append(requests)
 
-    @rule(data=st.data(), how=st.sampled_from(["sleep", "signal", "child", "retry", "body"]))
-    def park(self, data: st.DataObject, how: str) -> None:
-        claimed = self._claimed()
-        if not claimed:
+    @rule(
+        pick=st.integers(0, 1000),
+        how=st.sampled_from(["sleep", "signal", "child", "retry", "body"]),
+    )
+    def park(self, pick: int, how: str) -> None:
+        run = self._pick(pick, self._claimed())
+        if run is None:
             return
-        run = self._pick(data, claimed)
         past = _now() - timedelta(milliseconds=1)
         if how == "sleep":
             self._append([self._fenced(run, ev.RunSleeping(step_name="nap", until=past))])
@@ -162,68 +170,89 @@ class ProjectionMachine(RuleBasedStateMachine):
                 [self._fenced(run, ev.RetryScheduled(step_name="s1", attempt=2, until=past))]
             )
         elif how == "body":
+            retry = ev.RetryScheduled(step_name=None, attempt=run.attempts + 1, until=past)
+            self._append([self._fenced(run, retry)])
+        elif how == "signal":
             self._append(
                 [
                     self._fenced(
-                        run, ev.RetryScheduled(step_name=None, attempt=run.attempts + 1, until=past)
+                        run,
+                        ev.StepStarted(
+                            step_name="wait", kind="signal_wait", attempt=1, signal_name="go"
+                        ),
+                        ev.RunWaiting(step_name="wait", kind="signal", signal_name="go"),
                     )
                 ]
             )
-        elif how == "signal":
-            self._append([self._fenced(
-                run,
-                ev.StepStarted(step_name="wait", kind="signal_wait", attempt=1, signal_name="go"),
-                ev.RunWaiting(step_name="wait", kind="signal", signal_name="go"),
-            )])  # fmt: skip
         else:
             self._start_child(run)
 
     def _start_child(self, run: WorkflowRun) -> None:
         child = AppendRequest(
             run_id=self._new_id(),
-            events=[ev.RunCreated(
-                workflow_name="wf", parent_run_id=run.id, parent_step_name="child",
-                idempotency_key=f"{run.id}/child", available_at=_now(),
-            )],
-        )  # fmt: skip
+            events=[
+                ev.RunCreated(
+                    workflow_name="wf",
+                    parent_run_id=run.id,
+                    parent_step_name="child",
+                    idempotency_key=f"{run.id}/child",
+                    available_at=_now(),
+                )
+            ],
+        )
         (created,) = self._append([child])
         assert isinstance(created, Appended)
         child_id = created.run.id
-        self._append([self._fenced(
-            run,
-            ev.StepStarted(step_name="child", kind="workflow", attempt=1, child_run_id=child_id),
-            ev.ChildStarted(step_name="child", child_run_id=child_id, workflow_name="wf"),
-            ev.RunWaiting(step_name="child", kind="child", child_run_id=child_id),
-        )])  # fmt: skip
+        self._append(
+            [
+                self._fenced(
+                    run,
+                    ev.StepStarted(
+                        step_name="child", kind="workflow", attempt=1, child_run_id=child_id
+                    ),
+                    ev.ChildStarted(step_name="child", child_run_id=child_id, workflow_name="wf"),
+                    ev.RunWaiting(step_name="child", kind="child", child_run_id=child_id),
+                )
+            ]
+        )
+
+    @rule(pick=st.integers(0, 1000), keyed=st.booleans(), from_run=st.booleans())
+    def wait_then_signal(self, pick: int, keyed: bool, from_run: bool) -> None:
+        """Park a run on a signal, then deliver it (both rare alone in short sequences)."""
+        self.park(pick, "signal")
+        self.rows = self._live_rows()
+        self.signal(keyed, from_run)
 
     @rule(keyed=st.booleans(), from_run=st.booleans())
     def signal(self, keyed: bool, from_run: bool) -> None:
-        key = "sig-key" if keyed else None
         sender = None
         claimed = self._claimed()
         if from_run and claimed:
-            sender = self._fenced(claimed[0], ev.StepCompleted(
-                step_name="send:go", kind="signal_send", attempt=1, output=[], started_at=_now()
-            ))  # fmt: skip
-        try:
-            self.do(self.client.store.run(
-                "signal", lambda tx: tx.deliver_signal("go", {"ok": True}, None if sender else key, sender)
-            ))  # fmt: skip
-        except ow_es.ConcurrencyError:
-            pass  # a stale sender rolls the whole delivery back
+            sender = self._fenced(
+                claimed[0],
+                ev.StepCompleted(
+                    step_name="send:go", kind="signal_send", attempt=1, output=[], started_at=_now()
+                ),
+            )
+        key = "sig-key" if keyed and sender is None else None
+        # A stale sender rolls the whole delivery back.
+        with contextlib.suppress(ow_es.ConcurrencyError):
+            self.do(
+                self.client.store.run(
+                    "signal", lambda tx: tx.deliver_signal("go", {"ok": True}, key, sender)
+                )
+            )
 
-    @rule(data=st.data(), end=st.sampled_from(["complete", "fail", "cancel", "release"]))
-    def finish(self, data: st.DataObject, end: str) -> None:
+    @rule(pick=st.integers(0, 1000), end=st.sampled_from(["complete", "fail", "cancel", "release"]))
+    def finish(self, pick: int, end: str) -> None:
         if end == "cancel":
-            live = self._runs(lambda r: not r.is_terminal)
-            if live:
-                run = self._pick(data, live)
+            run = self._pick(pick, self._runs(lambda r: not r.is_terminal))
+            if run is not None:
                 self._append([AppendRequest(run_id=run.id, events=[ev.RunCanceled(reason="x")])])
             return
-        claimed = self._claimed()
-        if not claimed:
+        run = self._pick(pick, self._claimed())
+        if run is None:
             return
-        run = self._pick(data, claimed)
         event: ev.EventData = {
             "complete": ev.RunCompleted(output={"done": run.id}),
             "fail": ev.RunFailed(error={"type": "E", "message": "m", "traceback": "t"}),
@@ -231,27 +260,30 @@ class ProjectionMachine(RuleBasedStateMachine):
         }[end]
         self._append([self._fenced(run, event)])
 
-    @rule(data=st.data())
-    def end_a_child(self, data: st.DataObject) -> None:
+    @rule(pick=st.integers(0, 1000))
+    def end_a_child(self, pick: int) -> None:
         """A child's end is told to its parent (child_finished) in the same transaction."""
         children = self._runs(lambda r: r.parent_run_id is not None and not r.is_terminal)
-        if children:
-            run = self._pick(data, children)
+        if not children:
+            self.park(pick, "child")
+            self.rows = self._live_rows()
+            children = self._runs(lambda r: r.parent_run_id is not None and not r.is_terminal)
+        run = self._pick(pick, children)
+        if run is not None:
             self._append([AppendRequest(run_id=run.id, events=[ev.RunCanceled(reason="x")])])
 
-    @rule(data=st.data())
-    def resume_or_wake(self, data: st.DataObject) -> None:
-        failed = self._runs(lambda r: r.status == "failed")
-        waiting = self._runs(lambda r: r.status == "running" and r.claim_token is None)
+    @rule(pick=st.integers(0, 1000))
+    def resume_or_wake(self, pick: int) -> None:
         requests = []
-        if failed:
-            run = self._pick(data, failed)
-            requests.append(
-                AppendRequest(run_id=run.id, events=[ev.RunResumed(previous_error=run.error)])
-            )
-        if waiting:
-            run = self._pick(data, waiting)
-            requests.append(AppendRequest(run_id=run.id, events=[ev.RunWoken(reason="operator")]))
+        failed = self._pick(pick, self._runs(lambda r: r.status == "failed"))
+        if failed is not None:
+            resumed = ev.RunResumed(previous_error=failed.error)
+            requests.append(AppendRequest(run_id=failed.id, events=[resumed]))
+        waiting = self._pick(
+            pick, self._runs(lambda r: r.status == "running" and r.claim_token is None)
+        )
+        if waiting is not None:
+            requests.append(AppendRequest(run_id=waiting.id, events=[ev.RunWoken(reason="op")]))
         if requests:
             self._append(requests)
 
@@ -261,23 +293,33 @@ class ProjectionMachine(RuleBasedStateMachine):
         if not claimed:
             return
         self.do(self.client.store.heartbeat({r.id: r.claim_token or "" for r in claimed}, 60))
-        (outcome,) = self._append([AppendRequest(
-            run_id=claimed[0].id, claim_token="stale", events=[ev.RunCompleted(output=None)]
-        )])  # fmt: skip
+        (outcome,) = self._append(
+            [
+                AppendRequest(
+                    run_id=claimed[0].id, claim_token="stale", events=[ev.RunCompleted(output=None)]
+                )
+            ]
+        )
         assert isinstance(outcome, ow_es.ConcurrencyError)
+
+    def _live_rows(self) -> dict[str, WorkflowRun]:
+        page = self.do(
+            self.client.store.list_runs(status=None, workflow_name=None, limit=1000, cursor=None)
+        )
+        return {r.id: r for r in page.runs}
 
     # -- the property ----------------------------------------------------------------------
 
     @invariant()
     def projections_equal_a_fold_of_the_log(self) -> None:
         store = self.client.store
-        log = self.do(store.read_log(None, 100_000)).events
+        # Nothing else appends to this namespace now: read the whole log without the barrier
+        # (another session's open transaction anywhere in the cluster would hold it back).
+        log = self.do(store.read_log(None, 100_000, barrier=False)).events
         ProjectionMachine.exercised.update(e.type for e in log)
         runs, steps = fold_log(recorded_from_event(e) for e in log)
-        live_runs = self.do(
-            store.list_runs(status=None, workflow_name=None, limit=1000, cursor=None)
-        ).runs
-        self.rows = {r.id: r for r in live_runs}
+        self.rows = self._live_rows()
+        live_runs = list(self.rows.values())
         assert {k[1]: _comparable(r) for k, r in runs.items()} == {
             r.id: _comparable(r) for r in live_runs
         }
@@ -295,8 +337,8 @@ def _run_machine(url: str, schema: str | None) -> None:
     run_state_machine_as_test(
         ProjectionMachine,
         settings=settings(
-            max_examples=40,
-            stateful_step_count=30,
+            max_examples=100,
+            stateful_step_count=40,
             deadline=None,
             suppress_health_check=list(HealthCheck),
         ),

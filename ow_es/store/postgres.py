@@ -48,13 +48,30 @@ def _lock_key(purpose: str, schema: str) -> int:
 def _run_params(run: WorkflowRun) -> tuple[Any, ...]:
     d = codec.dumps_or_null
     return (
-        run.namespace_id, run.id, run.workflow_name, run.version, run.status,
-        d(run.input), d(run.output), d(run.error), run.attempts,
-        run.idempotency_key, run.parent_run_id, run.parent_step_name, run.worker_id,
-        run.claim_token, run.lease_until, run.available_at, run.deadline_at,
-        d(run.waiting_for), run.seq, run.created_at, run.started_at, run.finished_at,
+        run.namespace_id,
+        run.id,
+        run.workflow_name,
+        run.version,
+        run.status,
+        d(run.input),
+        d(run.output),
+        d(run.error),
+        run.attempts,
+        run.idempotency_key,
+        run.parent_run_id,
+        run.parent_step_name,
+        run.worker_id,
+        run.claim_token,
+        run.lease_until,
+        run.available_at,
+        run.deadline_at,
+        d(run.waiting_for),
+        run.seq,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
         run.updated_at,
-    )  # fmt: skip
+    )
 
 
 def _update_params(run: WorkflowRun) -> tuple[Any, ...]:
@@ -65,10 +82,20 @@ def _update_params(run: WorkflowRun) -> tuple[Any, ...]:
 def _step_params(step: StepAttempt) -> tuple[Any, ...]:
     d = codec.dumps_or_null
     return (
-        step.namespace_id, step.run_id, step.step_name, step.attempt, step.kind, step.status,
-        d(step.input), d(step.output), d(step.error), step.child_run_id, step.signal_name,
-        step.started_at, step.finished_at,
-    )  # fmt: skip
+        step.namespace_id,
+        step.run_id,
+        step.step_name,
+        step.attempt,
+        step.kind,
+        step.status,
+        d(step.input),
+        d(step.output),
+        d(step.error),
+        step.child_run_id,
+        step.signal_name,
+        step.started_at,
+        step.finished_at,
+    )
 
 
 def _wrap(exc: psycopg.Error, what: str) -> OwEsError:
@@ -325,10 +352,12 @@ class PostgresStore:
         rows = await self._fetch(Q["run_events"], {"id": run_id}, "reading events")
         return [codec.event_from_row(r) for r in rows]
 
-    async def read_log(self, after: str | None, limit: int) -> LogBatch:
+    async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
         tx, pos = ("0", 0) if after is None else _split_cursor(after)
         rows = await self._fetch(
-            Q["read_log"], {"tx": tx, "pos": pos, "limit": limit}, "reading the log"
+            Q["read_log" if barrier else "read_log_unguarded"],
+            {"tx": tx, "pos": pos, "limit": limit},
+            "reading the log",
         )
         cursor = after
         if rows:
@@ -404,11 +433,18 @@ class PostgresTransaction(Transaction):
                 await cur.executemany(
                     Q["insert_event"],
                     [
-                        (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
-                         codec.dumps(e.data), e.created_at)
+                        (
+                            e.namespace_id,
+                            e.run_id,
+                            e.seq,
+                            e.data.TYPE,
+                            e.data.SCHEMA_VERSION,
+                            codec.dumps(e.data),
+                            e.created_at,
+                        )
                         for e in plan.events
                     ],
-                )  # fmt: skip
+                )
             if plan.updated_runs:
                 await cur.executemany(
                     Q["update_run"], [_update_params(r) for r in plan.updated_runs]

@@ -49,22 +49,49 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
 def _run_params(run: WorkflowRun) -> tuple[Any, ...]:
     d = codec.dumps_or_null
     return (
-        run.namespace_id, run.id, run.workflow_name, run.version, run.status,
-        d(run.input), d(run.output), d(run.error), run.attempts,
-        run.idempotency_key, run.parent_run_id, run.parent_step_name, run.worker_id,
-        run.claim_token, ts(run.lease_until), ts(run.available_at), ts(run.deadline_at),
-        d(run.waiting_for), run.seq, ts(run.created_at), ts(run.started_at),
-        ts(run.finished_at), ts(run.updated_at),
-    )  # fmt: skip
+        run.namespace_id,
+        run.id,
+        run.workflow_name,
+        run.version,
+        run.status,
+        d(run.input),
+        d(run.output),
+        d(run.error),
+        run.attempts,
+        run.idempotency_key,
+        run.parent_run_id,
+        run.parent_step_name,
+        run.worker_id,
+        run.claim_token,
+        ts(run.lease_until),
+        ts(run.available_at),
+        ts(run.deadline_at),
+        d(run.waiting_for),
+        run.seq,
+        ts(run.created_at),
+        ts(run.started_at),
+        ts(run.finished_at),
+        ts(run.updated_at),
+    )
 
 
 def _step_params(step: StepAttempt) -> tuple[Any, ...]:
     d = codec.dumps_or_null
     return (
-        step.namespace_id, step.run_id, step.step_name, step.attempt, step.kind, step.status,
-        d(step.input), d(step.output), d(step.error), step.child_run_id, step.signal_name,
-        ts(step.started_at), ts(step.finished_at),
-    )  # fmt: skip
+        step.namespace_id,
+        step.run_id,
+        step.step_name,
+        step.attempt,
+        step.kind,
+        step.status,
+        d(step.input),
+        d(step.output),
+        d(step.error),
+        step.child_run_id,
+        step.signal_name,
+        ts(step.started_at),
+        ts(step.finished_at),
+    )
 
 
 class _Shared:
@@ -277,9 +304,18 @@ class SqliteStore:
         after = ts(created)
         rows = await self._fetch(
             Q["list_runs"],
-            (self.namespace, status, status, workflow_name, workflow_name, after, after, run_id,
-             limit + 1),
-        )  # fmt: skip
+            (
+                self.namespace,
+                status,
+                status,
+                workflow_name,
+                workflow_name,
+                after,
+                after,
+                run_id,
+                limit + 1,
+            ),
+        )
         return codec.page_of([codec.run_from_row(r) for r in rows], limit)
 
     async def list_children(self, run_id: str) -> list[WorkflowRun]:
@@ -294,7 +330,7 @@ class SqliteStore:
         rows = await self._fetch(Q["run_events"], (self.namespace, run_id))
         return [codec.event_from_row(r) for r in rows]
 
-    async def read_log(self, after: str | None, limit: int) -> LogBatch:
+    async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
         position = int(after) if after else 0
         rows = await self._fetch(Q["read_log"], (position, self.namespace, limit))
         cursor = str(rows[-1]["position"]) if rows else after
@@ -354,11 +390,18 @@ class SqliteTransaction(Transaction):
             await self._conn.executemany(
                 Q["insert_event"],
                 [
-                    (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
-                     codec.dumps(e.data), ts(e.created_at))
+                    (
+                        e.namespace_id,
+                        e.run_id,
+                        e.seq,
+                        e.data.TYPE,
+                        e.data.SCHEMA_VERSION,
+                        codec.dumps(e.data),
+                        ts(e.created_at),
+                    )
                     for e in plan.events
                 ],
-            )  # fmt: skip
+            )
         if plan.updated_runs:
             await self._conn.executemany(
                 Q["update_run"],

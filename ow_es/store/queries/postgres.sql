@@ -111,6 +111,15 @@ WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s)
 ORDER BY tx_id, position
 LIMIT %(limit)s
 
+-- name: read_log_unguarded
+-- Only where no append can be in flight (under the reproject gate).
+SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at,
+       tx_id::text AS tx_id
+FROM events
+WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s) AND namespace_id = %(ns)s
+ORDER BY tx_id, position
+LIMIT %(limit)s
+
 -- name: count_runs
 SELECT workflow_name, status, count(*) AS n FROM workflow_runs
 WHERE namespace_id = %(ns)s GROUP BY workflow_name, status

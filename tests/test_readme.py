@@ -1,0 +1,37 @@
+"""Executable documentation: README's quickstart example really runs end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quickstart_block_has_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert readme.split("\n## ")[1].startswith("Quickstart")
+    block = re.search(r"## Quickstart\n\n```sh\n(.*?)```", readme, re.S)
+    assert block is not None
+    commands = block.group(1).strip().splitlines()
+    assert len(commands) == 2
+    assert "examples/quickstart.py" in commands[0] and "pytest" in commands[1]
+
+
+def test_quickstart_example_runs_on_embedded_sqlite(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OW_ES_", "OPENWORKFLOW_"))}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "completed: Receipt(order_id='o-1'" in result.stdout
+    assert "run_completed" in result.stdout and "step_failed" in result.stdout
+    assert (tmp_path / "openworkflow.db").exists()
