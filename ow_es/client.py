@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -15,6 +16,7 @@ from ow_es.handle import RunHandle
 from ow_es.models import Event, RunPage, RunState
 from ow_es.payload import to_json_value
 from ow_es.projections import fold_run
+from ow_es.reproject import Report, rebuild
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.store import Appended, AppendRequest, Store, make_store
 from ow_es.store.codec import recorded_from_event
@@ -280,6 +282,20 @@ class OpenWorkflow:
         if isinstance(outcome, Exception):
             raise outcome
         return await self.get_handle(run_id)
+
+    async def reproject(
+        self,
+        *,
+        verify: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> Report:
+        """Rebuild ``workflow_runs`` and ``step_attempts`` from the log, online (all namespaces
+        of this database/schema). ``verify`` diffs instead of swapping; ``dry_run`` only counts."""
+        rebuilder = self.store.rebuilder()
+        if dry_run:
+            return Report(counts=await rebuilder.counts())
+        return await rebuild(rebuilder, verify=verify, progress=progress or (lambda n: None))
 
     async def send_signal(
         self, signal: str, data: Any = None, *, idempotency_key: str | None = None

@@ -108,3 +108,10 @@ CREATE TABLE signal_sends (
     created_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (namespace_id, idempotency_key)
 );
+
+-- Progress of an interrupted `ow-es reproject`, so it resumes where it stopped.
+CREATE TABLE reproject_state (
+    id          integer     PRIMARY KEY CHECK (id = 1),
+    cursor      text        NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -101,3 +101,9 @@ CREATE TABLE signal_sends (
     created_at       TEXT NOT NULL,
     PRIMARY KEY (namespace_id, idempotency_key)
 );
+
+CREATE TABLE reproject_state (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    cursor      TEXT    NOT NULL,
+    started_at  TEXT    NOT NULL
+);

@@ -16,6 +16,7 @@ from ow_es.events import EventData
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 
 if TYPE_CHECKING:
+    from ow_es.reproject import Rebuilder
     from ow_es.store.tx import Transaction
 
 T = TypeVar("T")
@@ -126,6 +127,10 @@ class Store(Protocol):
 
     async def count_runs(self) -> dict[tuple[str, str], int]:
         """Runs by (workflow name, status)."""
+        ...
+
+    def rebuilder(self) -> Rebuilder:
+        """The backend half of ``reproject``."""
         ...
 
     def wake_channel(self) -> WakeChannel: ...

@@ -20,6 +20,7 @@ from ow_es.errors import ConcurrencyError, OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.reproject import Rebuilder
 from ow_es.store.pg_wake import PostgresWakeChannel
 from ow_es.store.planner import Plan
 from ow_es.store.queries import load
@@ -369,6 +370,11 @@ class PostgresStore:
     async def count_runs(self) -> dict[tuple[str, str], int]:
         rows = await self._fetch(Q["count_runs"], {}, "counting runs")
         return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}
+
+    def rebuilder(self) -> Rebuilder:
+        from ow_es.store.pg_reproject import PostgresRebuilder
+
+        return PostgresRebuilder(self)
 
     def wake_channel(self) -> PostgresWakeChannel:
         if self._wake is None:

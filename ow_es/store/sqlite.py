@@ -18,6 +18,7 @@ from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
 from ow_es.store.planner import Plan
+from ow_es.reproject import Rebuilder
 from ow_es.store.queries import load
 from ow_es.store.tx import Transaction
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
@@ -339,6 +340,11 @@ class SqliteStore:
     async def count_runs(self) -> dict[tuple[str, str], int]:
         rows = await self._fetch(Q["count_runs"], (self.namespace,))
         return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}
+
+    def rebuilder(self) -> Rebuilder:
+        from ow_es.store.sqlite_reproject import SqliteRebuilder
+
+        return SqliteRebuilder(self)
 
     def wake_channel(self) -> SqliteWakeChannel:
         return self._wake

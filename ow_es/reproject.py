@@ -1,0 +1,223 @@
+"""``ow-es reproject``: rebuild ``workflow_runs`` and ``step_attempts`` from the event log.
+
+The rebuild folds the log into shadow tables with the same projector functions as the inline
+path, in short batches (each batch and its checkpoint in one transaction, so an interrupted
+rebuild resumes). Then, under a brief exclusive append gate, it catches up the tail, carries
+live leases over and swaps the tables by rename in one transaction; the old tables are kept
+(``*_previous``) for rollback. ``verify`` rebuilds and diffs instead of swapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ow_es.errors import OwEsError
+from ow_es.models import Event, StepAttempt, WorkflowRun
+from ow_es.projections import apply_run, step_row
+from ow_es.store.codec import recorded_from_event
+
+log = logging.getLogger("ow_es.reproject")
+
+RunKey = tuple[str, str]
+BATCH_SIZE = 5000
+CACHE_LIMIT = 200_000
+
+
+class GateBusy(OwEsError):
+    """The exclusive append gate was not granted within its lock timeout."""
+
+
+class RebuildTx(Protocol):
+    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Event], str]:
+        """Log events after ``cursor`` in log order (all namespaces) and the next cursor."""
+        ...
+
+    async def load_runs(self, keys: list[RunKey]) -> dict[RunKey, WorkflowRun]:
+        """Rows already in the shadow table."""
+        ...
+
+    async def write(self, runs: list[WorkflowRun], steps: list[StepAttempt], cursor: str) -> None:
+        """Upsert shadow rows and save the checkpoint."""
+        ...
+
+
+class GateTx(RebuildTx, Protocol):
+    async def swap(self) -> None:
+        """Carry live leases over, then swap shadow and live tables."""
+        ...
+
+    async def diff(self) -> list[Difference]:
+        """Rows that differ between shadow and live tables (``lease_until`` left out)."""
+        ...
+
+
+class Rebuilder(Protocol):
+    async def counts(self) -> dict[str, int]: ...
+
+    async def start(self) -> tuple[str, bool]:
+        """Create the shadow tables, or find an interrupted rebuild: (cursor, resumed)."""
+        ...
+
+    def batch(self) -> AbstractAsyncContextManager[RebuildTx]: ...
+
+    def gate(self, lock_timeout: float) -> AbstractAsyncContextManager[GateTx]: ...
+
+    async def build_indexes(self) -> None: ...
+
+    async def discard(self) -> None: ...
+
+
+@dataclass
+class Difference:
+    table: str
+    key: tuple[Any, ...]
+    columns: list[str]
+
+    def describe(self) -> str:
+        where = "/".join(str(part) for part in self.key)
+        return f"{self.table} {where}: {', '.join(self.columns)} differ"
+
+
+@dataclass
+class Report:
+    events: int = 0
+    resumed: bool = False
+    swapped: bool = False
+    gate_attempts: int = 0
+    gate_seconds: float = 0.0
+    differences: list[Difference] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class _Folder:
+    """Folds log batches onto cached shadow rows, applying each run's events in seq order
+    (the log's (tx_id, position) order can interleave two transactions of one run)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[RunKey, WorkflowRun] = {}
+        self.pending: dict[RunKey, dict[int, Event]] = {}
+
+    async def apply(self, tx: RebuildTx, events: list[Event], cursor: str) -> None:
+        missing = {(e.namespace_id, e.run_id) for e in events} - self.cache.keys()
+        if missing:
+            self.cache.update(await tx.load_runs(sorted(missing)))
+        changed: dict[RunKey, WorkflowRun] = {}
+        steps: dict[tuple[str, str, str, int], StepAttempt] = {}
+        for event in events:
+            key = (event.namespace_id, event.run_id)
+            self.pending.setdefault(key, {})[event.seq] = event
+            self._drain(key, changed, steps)
+        await tx.write(list(changed.values()), list(steps.values()), cursor)
+        for key, run in changed.items():
+            if run.is_terminal and not self.pending.get(key):
+                self.cache.pop(key, None)
+        if len(self.cache) > CACHE_LIMIT:
+            self.cache.clear()  # the shadow table has them all; reload on demand
+
+    def _drain(
+        self,
+        key: RunKey,
+        changed: dict[RunKey, WorkflowRun],
+        steps: dict[tuple[str, str, str, int], StepAttempt],
+    ) -> None:
+        waiting = self.pending[key]
+        run = self.cache.get(key)
+        while (next_seq := (run.seq + 1 if run else 1)) in waiting:
+            rec = recorded_from_event(waiting.pop(next_seq))
+            run = apply_run(run, rec)
+            step = step_row(rec)
+            if step is not None:
+                steps[(step.namespace_id, step.run_id, step.step_name, step.attempt)] = step
+        if run is not None:
+            self.cache[key] = run
+            changed[key] = run
+        if not waiting:
+            del self.pending[key]
+
+    def gaps(self) -> list[str]:
+        return [f"{ns}/{run} waits for seq {min(s) - 1}" for (ns, run), s in self.pending.items()]
+
+
+async def _catch_up(
+    rebuilder: Rebuilder,
+    folder: _Folder,
+    cursor: str,
+    progress: Callable[[int], None],
+) -> tuple[str, int]:
+    """Fold the log behind the barrier, one short transaction per batch."""
+    total = 0
+    while True:
+        async with rebuilder.batch() as tx:
+            events, next_cursor = await tx.read(cursor, BATCH_SIZE, barrier=True)
+            if events:
+                await folder.apply(tx, events, next_cursor)
+        total += len(events)
+        progress(len(events))
+        cursor = next_cursor
+        if len(events) < BATCH_SIZE:
+            return cursor, total
+
+
+async def _under_gate(
+    tx: RebuildTx, folder: _Folder, cursor: str, progress: Callable[[int], None]
+) -> int:
+    """Inside the gate no append is in flight: read the tail without the barrier."""
+    total = 0
+    while True:
+        events, cursor = await tx.read(cursor, BATCH_SIZE, barrier=False)
+        if events:
+            await folder.apply(tx, events, cursor)
+        total += len(events)
+        progress(len(events))
+        if len(events) < BATCH_SIZE:
+            return total
+
+
+async def rebuild(
+    rebuilder: Rebuilder,
+    *,
+    verify: bool = False,
+    progress: Callable[[int], None] = lambda n: None,
+    lock_timeout: float = 2.0,
+    max_gate_attempts: int = 30,
+) -> Report:
+    """Rebuild the projections; swap them in (or, with ``verify``, diff them and discard)."""
+    report = Report(counts=await rebuilder.counts())
+    cursor, report.resumed = await rebuilder.start()
+    folder = _Folder()
+    cursor, report.events = await _catch_up(rebuilder, folder, cursor, progress)
+    await rebuilder.build_indexes()
+    loop = asyncio.get_running_loop()
+    while True:
+        report.gate_attempts += 1
+        started = loop.time()
+        try:
+            async with rebuilder.gate(lock_timeout) as gate:
+                report.events += await _under_gate(gate, folder, cursor, progress)
+                if folder.gaps():
+                    raise OwEsError("the log has gaps: " + "; ".join(folder.gaps()[:5]))
+                if verify:
+                    # Compare under the gate: the live tables cannot move meanwhile.
+                    report.differences = await gate.diff()
+                else:
+                    await gate.swap()
+                    report.swapped = True
+            report.gate_seconds = loop.time() - started
+            break
+        except GateBusy:
+            if report.gate_attempts >= max_gate_attempts:
+                raise OwEsError(
+                    f"could not take the append gate in {max_gate_attempts} attempts; "
+                    "the rebuilt tables are kept and the next run resumes"
+                ) from None
+            await asyncio.sleep(min(0.1 * report.gate_attempts, 2.0))
+            cursor, more = await _catch_up(rebuilder, folder, cursor, progress)
+            report.events += more
+    if verify:
+        await rebuilder.discard()
+    return report

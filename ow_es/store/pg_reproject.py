@@ -1,0 +1,270 @@
+"""PostgreSQL side of ``reproject``: shadow tables, batched upserts, the gate and the swap."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
+from ow_es.reproject import Difference, GateBusy, RunKey
+from ow_es.store import codec
+from ow_es.store.postgres import PostgresStore, _run_params, _step_params
+
+TABLES = {
+    "workflow_runs": ("namespace_id", "id"),
+    "step_attempts": STEP_COLUMNS[:2] + ("step_name", "attempt"),
+}
+_COMPARED = {
+    "workflow_runs": [c for c in RUN_COLUMNS if c != "lease_until"],
+    "step_attempts": list(STEP_COLUMNS),
+}
+
+
+def _upsert(
+    table: str, columns: tuple[str, ...], key: tuple[str, ...], json_cols: frozenset[str]
+) -> sql.Composed:
+    values = [sql.SQL("%s::jsonb" if c in json_cols else "%s") for c in columns]
+    updates = [
+        sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
+        for c in columns
+        if c not in key
+    ]
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(values),
+        sql.SQL(", ").join(map(sql.Identifier, key)),
+        sql.SQL(", ").join(updates),
+    )
+
+
+_UPSERT_RUN = _upsert(
+    "workflow_runs_rebuild", RUN_COLUMNS, ("namespace_id", "id"), codec.JSON_RUN_COLUMNS
+)
+_UPSERT_STEP = _upsert(
+    "step_attempts_rebuild", STEP_COLUMNS, TABLES["step_attempts"], codec.JSON_STEP_COLUMNS
+)
+_READ = """
+SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at,
+       tx_id::text AS tx_id
+FROM events
+WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s) {barrier}
+ORDER BY tx_id, position
+LIMIT %(limit)s
+"""
+_BARRIER = "AND tx_id < pg_snapshot_xmin(pg_current_snapshot())"
+
+
+class PgRebuildTx:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], gate_key: int) -> None:
+        self.conn = conn
+        self._gate_key = gate_key
+
+    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Event], str]:
+        tx, _, pos = cursor.partition(":")
+        cur = self.conn.cursor(row_factory=dict_row)
+        query = _READ.format(barrier=_BARRIER if barrier else "")
+        await cur.execute(cast(Any, query), {"tx": tx, "pos": int(pos), "limit": limit})
+        rows = await cur.fetchall()
+        if rows:
+            cursor = f"{rows[-1]['tx_id']}:{rows[-1]['position']}"
+        for row in rows:
+            del row["tx_id"]
+        return [codec.event_from_row(r) for r in rows], cursor
+
+    async def load_runs(self, keys: list[RunKey]) -> dict[RunKey, WorkflowRun]:
+        cur = self.conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "SELECT * FROM workflow_runs_rebuild WHERE (namespace_id, id) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            [[k[0] for k in keys], [k[1] for k in keys]],
+        )
+        runs = [codec.run_from_row(r) for r in await cur.fetchall()]
+        return {(r.namespace_id, r.id): r for r in runs}
+
+    async def write(self, runs: list[WorkflowRun], steps: list[StepAttempt], cursor: str) -> None:
+        async with self.conn.pipeline():
+            cur = self.conn.cursor()
+            if runs:
+                await cur.executemany(_UPSERT_RUN, [_run_params(r) for r in runs])
+            if steps:
+                await cur.executemany(_UPSERT_STEP, [_step_params(s) for s in steps])
+            await cur.execute("UPDATE reproject_state SET cursor = %s", [cursor])
+
+    async def swap(self) -> None:
+        await self.conn.execute(
+            "UPDATE workflow_runs_rebuild s SET lease_until = l.lease_until FROM workflow_runs l"
+            " WHERE s.namespace_id = l.namespace_id AND s.id = l.id"
+            " AND s.claim_token IS NOT NULL AND s.claim_token = l.claim_token"
+        )  # live leases (moved by heartbeats) carry over
+        for table in TABLES:
+            await self._swap_table(table)
+        await self.conn.execute("DELETE FROM reproject_state")
+
+    async def _swap_table(self, table: str) -> None:
+        ident = sql.Identifier
+        previous, shadow = f"{table}_previous", f"{table}_rebuild"
+        await self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident(previous)))
+        for index in await _index_names(self.conn, table):
+            await self.conn.execute(
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    ident(index), ident(f"{index}_previous")
+                )
+            )
+        await self.conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(table), ident(previous))
+        )
+        await self.conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(shadow), ident(table))
+        )
+        for index in await _index_names(self.conn, table):
+            await self.conn.execute(
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    ident(index),
+                    ident(index.removesuffix("_rebuild").replace(f"{table}_rebuild", table)),
+                )
+            )
+
+    async def diff(self) -> list[Difference]:
+        found: list[Difference] = []
+        for table, key in TABLES.items():
+            columns = _COMPARED[table]
+            cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+            keys = sql.SQL(", ").join(map(sql.Identifier, key))
+            query = sql.SQL(
+                "SELECT {keys} FROM (SELECT {cols} FROM {live} EXCEPT SELECT {cols} FROM {shadow}) a"
+                " UNION SELECT {keys} FROM (SELECT {cols} FROM {shadow} EXCEPT SELECT {cols} FROM {live}) b"
+                " ORDER BY 1, 2 LIMIT 100"
+            ).format(
+                keys=keys,
+                cols=cols,
+                live=sql.Identifier(table),
+                shadow=sql.Identifier(f"{table}_rebuild"),
+            )
+            cur = await self.conn.execute(query)
+            for row in await cur.fetchall():
+                found.append(await self._describe(table, key, tuple(row), columns))
+        return found
+
+    async def _describe(
+        self, table: str, key: tuple[str, ...], values: tuple[Any, ...], columns: list[str]
+    ) -> Difference:
+        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
+        rows = []
+        for name in (table, f"{table}_rebuild"):
+            cur = self.conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE {}").format(sql.Identifier(name), where), values
+            )
+            rows.append(await cur.fetchone())
+        live, rebuilt = rows
+        if live is None or rebuilt is None:
+            return Difference(
+                table, values, ["missing in " + ("live" if live is None else "rebuilt") + " table"]
+            )
+        return Difference(table, values, [c for c in columns if live[c] != rebuilt[c]])
+
+
+class PostgresRebuilder:
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self.store._conn("reprojecting") as conn, conn.transaction():
+            yield conn
+
+    async def counts(self) -> dict[str, int]:
+        async with self._tx() as conn:
+            counts = {}
+            for table in ("events", "workflow_runs", "step_attempts"):
+                cur = await conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                )
+                row = await cur.fetchone()
+                counts[table] = int(row[0]) if row else 0
+            return counts
+
+    async def start(self) -> tuple[str, bool]:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "SELECT cursor FROM reproject_state"
+                " WHERE to_regclass('workflow_runs_rebuild') IS NOT NULL"
+                " AND to_regclass('step_attempts_rebuild') IS NOT NULL"
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return str(row[0]), True
+            await conn.execute("DELETE FROM reproject_state")
+            await conn.execute("DROP TABLE IF EXISTS workflow_runs_rebuild, step_attempts_rebuild")
+            for table, key in TABLES.items():
+                shadow = sql.Identifier(f"{table}_rebuild")
+                await conn.execute(
+                    sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+                        shadow, sql.Identifier(table)
+                    )
+                )
+                await conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+                        shadow,
+                        sql.Identifier(f"{table}_rebuild_pkey"),
+                        sql.SQL(", ").join(map(sql.Identifier, key)),
+                    )
+                )
+            await conn.execute("INSERT INTO reproject_state (id, cursor) VALUES (1, '0:0')")
+            return "0:0", False
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[PgRebuildTx]:
+        async with self._tx() as conn:
+            yield PgRebuildTx(conn, self.store._gate_key)
+
+    async def build_indexes(self) -> None:
+        """The live tables' secondary indexes, on the shadow tables, before the gate."""
+        async with self._tx() as conn:
+            for table in TABLES:
+                cur = await conn.execute(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+                    " AND tablename = %s AND indexname <> %s",
+                    [table, f"{table}_pkey"],
+                )
+                for name, definition in await cur.fetchall():
+                    shadow_def = re.sub(
+                        rf"INDEX {re.escape(name)} ON (\S+\.)?{table} ",
+                        f"INDEX IF NOT EXISTS {name}_rebuild ON {table}_rebuild ",
+                        definition,
+                        count=1,
+                    )
+                    await conn.execute(cast(Any, shadow_def))
+
+    @asynccontextmanager
+    async def gate(self, lock_timeout: float) -> AsyncIterator[PgRebuildTx]:
+        async with self._tx() as conn:
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
+            try:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store._gate_key])
+            except psycopg.errors.LockNotAvailable:
+                raise GateBusy("the append gate is busy") from None
+            try:
+                yield PgRebuildTx(conn, self.store._gate_key)
+            except psycopg.errors.LockNotAvailable:
+                raise GateBusy("a table lock was not granted in time") from None
+
+    async def discard(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute("DROP TABLE IF EXISTS workflow_runs_rebuild, step_attempts_rebuild")
+            await conn.execute("DELETE FROM reproject_state")
+
+
+async def _index_names(conn: psycopg.AsyncConnection[Any], table: str) -> list[str]:
+    cur = await conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s",
+        [table],
+    )
+    return [row[0] for row in await cur.fetchall()]

@@ -1,0 +1,183 @@
+"""SQLite side of ``reproject``. Writers are serialised by SQLite itself, so the write lock of
+``BEGIN IMMEDIATE`` is the gate; indexes are recreated on the swapped-in tables."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiosqlite
+
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
+from ow_es.reproject import Difference, RunKey
+from ow_es.store import codec
+from ow_es.store.sqlite import SqliteStore, _row, _run_params, _step_params
+
+TABLES = {
+    "workflow_runs": ("namespace_id", "id"),
+    "step_attempts": ("namespace_id", "run_id", "step_name", "attempt"),
+}
+_COMPARED = {
+    "workflow_runs": [c for c in RUN_COLUMNS if c != "lease_until"],
+    "step_attempts": list(STEP_COLUMNS),
+}
+
+
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+_UPSERT_RUN = _upsert("workflow_runs_rebuild", RUN_COLUMNS, TABLES["workflow_runs"])
+_UPSERT_STEP = _upsert("step_attempts_rebuild", STEP_COLUMNS, TABLES["step_attempts"])
+
+
+class SqliteRebuildTx:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Event], str]:
+        # Writers are serialised, so positions commit in order: no barrier needed.
+        rows = await self.conn.execute_fetchall(
+            "SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at"
+            " FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (int(cursor), limit),
+        )
+        events = [codec.event_from_row(_row(r)) for r in rows]
+        return events, str(events[-1].position) if events else cursor
+
+    async def load_runs(self, keys: list[RunKey]) -> dict[RunKey, WorkflowRun]:
+        rows = await self.conn.execute_fetchall(
+            "SELECT * FROM workflow_runs_rebuild WHERE (namespace_id, id) IN"
+            " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+            (codec.dumps([list(k) for k in keys]),),
+        )
+        runs = [codec.run_from_row(_row(r)) for r in rows]
+        return {(r.namespace_id, r.id): r for r in runs}
+
+    async def write(self, runs: list[WorkflowRun], steps: list[StepAttempt], cursor: str) -> None:
+        if runs:
+            await self.conn.executemany(_UPSERT_RUN, [_run_params(r) for r in runs])
+        if steps:
+            await self.conn.executemany(_UPSERT_STEP, [_step_params(s) for s in steps])
+        await self.conn.execute("UPDATE reproject_state SET cursor = ?", (cursor,))
+
+    async def swap(self) -> None:
+        await self.conn.execute(
+            "UPDATE workflow_runs_rebuild AS s SET lease_until = l.lease_until"
+            " FROM workflow_runs AS l WHERE s.namespace_id = l.namespace_id AND s.id = l.id"
+            " AND s.claim_token IS NOT NULL AND s.claim_token = l.claim_token"
+        )  # live leases (moved by heartbeats) carry over
+        for table in TABLES:
+            previous = f"{table}_previous"
+            indexes = await self.conn.execute_fetchall(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+                " AND sql IS NOT NULL",
+                (table,),
+            )
+            await self.conn.execute(f"DROP TABLE IF EXISTS {previous}")
+            for name, _ in indexes:
+                await self.conn.execute(f"DROP INDEX {name}")  # index names are global
+            await self.conn.execute(f"ALTER TABLE {table} RENAME TO {previous}")
+            await self.conn.execute(f"ALTER TABLE {table}_rebuild RENAME TO {table}")
+            for _, definition in indexes:
+                await self.conn.execute(definition)
+        await self.conn.execute("DELETE FROM reproject_state")
+
+    async def diff(self) -> list[Difference]:
+        found: list[Difference] = []
+        for table, key in TABLES.items():
+            cols = ", ".join(_COMPARED[table])
+            keys = ", ".join(key)
+            shadow = f"{table}_rebuild"
+            rows = await self.conn.execute_fetchall(
+                f"SELECT {keys} FROM (SELECT {cols} FROM {table} EXCEPT SELECT {cols} FROM {shadow})"
+                f" UNION SELECT {keys} FROM (SELECT {cols} FROM {shadow} EXCEPT SELECT {cols} FROM"
+                f" {table}) ORDER BY 1, 2 LIMIT 100"
+            )
+            for row in rows:
+                found.append(await self._describe(table, key, tuple(row)))
+        return found
+
+    async def _describe(
+        self, table: str, key: tuple[str, ...], values: tuple[Any, ...]
+    ) -> Difference:
+        where = " AND ".join(f"{k} = ?" for k in key)
+        found = []
+        for name in (table, f"{table}_rebuild"):
+            rows = await self.conn.execute_fetchall(f"SELECT * FROM {name} WHERE {where}", values)
+            found.append(dict(next(iter(rows))) if rows else None)
+        live, rebuilt = found
+        if live is None or rebuilt is None:
+            side = "live" if live is None else "rebuilt"
+            return Difference(table, values, [f"missing in the {side} table"])
+        return Difference(table, values, [c for c in _COMPARED[table] if live[c] != rebuilt[c]])
+
+
+class SqliteRebuilder:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self.store._write_tx("reprojecting") as conn:
+            yield conn
+
+    async def counts(self) -> dict[str, int]:
+        async with self._tx() as conn:
+            counts = {}
+            for table in ("events", "workflow_runs", "step_attempts"):
+                rows = await conn.execute_fetchall(f"SELECT count(*) FROM {table}")
+                counts[table] = int(next(iter(rows))[0])
+            return counts
+
+    async def start(self) -> tuple[str, bool]:
+        async with self._tx() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT cursor FROM reproject_state WHERE 2 = (SELECT count(*) FROM sqlite_master"
+                " WHERE name IN ('workflow_runs_rebuild', 'step_attempts_rebuild'))"
+            )
+            if rows:
+                return str(next(iter(rows))[0]), True
+            await conn.execute("DELETE FROM reproject_state")
+            for table in TABLES:
+                await conn.execute(f"DROP TABLE IF EXISTS {table}_rebuild")
+                (ddl,) = next(
+                    iter(
+                        await conn.execute_fetchall(
+                            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (table,),
+                        )
+                    )
+                )
+                await conn.execute(
+                    re.sub(rf'^CREATE TABLE "?{table}"?', f"CREATE TABLE {table}_rebuild", ddl)
+                )
+            await conn.execute(
+                "INSERT INTO reproject_state (id, cursor, started_at) VALUES (1, '0', datetime('now'))"
+            )
+            return "0", False
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[SqliteRebuildTx]:
+        async with self._tx() as conn:
+            yield SqliteRebuildTx(conn)
+
+    async def build_indexes(self) -> None:
+        return None  # recreated at the swap
+
+    @asynccontextmanager
+    async def gate(self, lock_timeout: float) -> AsyncIterator[SqliteRebuildTx]:
+        async with self._tx() as conn:
+            yield SqliteRebuildTx(conn)
+
+    async def discard(self) -> None:
+        async with self._tx() as conn:
+            for table in TABLES:
+                await conn.execute(f"DROP TABLE IF EXISTS {table}_rebuild")
+            await conn.execute("DELETE FROM reproject_state")
