@@ -1,0 +1,126 @@
+"""``reproject``: rebuild from the log, verify, swap online while a worker runs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import psycopg
+
+import ow_es
+from ow_es.durations import utcnow
+from tests.helpers import eventually, running_worker
+
+
+def _sql(db: dict[str, Any], statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    if db["backend"] == "sqlite":
+        with sqlite3.connect(db["url"].removeprefix("sqlite:///")) as conn:
+            return conn.execute(statement.replace("%s", "?"), params).fetchall()
+    with psycopg.connect(db["url"], autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{db["schema"]}"')
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def _define(ow: ow_es.OpenWorkflow, nap: str = "20ms") -> Any:
+    @ow.workflow(name="job")
+    async def job(ctx: ow_es.Context, n: int) -> int:
+        first = await ctx.step.run("first", lambda: n)
+        await ctx.step.sleep("nap", nap)
+
+        async def second() -> int:
+            return first * 2
+
+        return await ctx.step.run("second", second)
+
+    return job
+
+
+async def test_verify_names_a_corrupted_row_and_reproject_repairs_it(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    job = _define(ow)
+    await ow.connect()
+    async with running_worker(ow, concurrency=5):
+        handles = [await job.start(i) for i in range(6)]
+        for handle in handles:
+            await handle.result(timeout=20)
+    assert (await ow.reproject(verify=True)).differences == []
+
+    victim = handles[2].run_id
+    _sql(db, "UPDATE workflow_runs SET status = 'failed', attempts = 7 WHERE id = %s", (victim,))
+    _sql(db, "UPDATE step_attempts SET output = NULL WHERE run_id = %s AND step_name = 'first'",
+         (handles[3].run_id,))  # fmt: skip
+    report = await ow.reproject(verify=True)
+    described = [d.describe() for d in report.differences]
+    assert len(described) == 2, described
+    assert any(victim in d and "status" in d and "attempts" in d for d in described)
+    assert any(handles[3].run_id in d and "output" in d for d in described)
+    assert not report.swapped
+    assert (await ow.store.get_run(victim)).status == "failed"  # verify changes nothing
+
+    swapped = await ow.reproject()
+    assert swapped.swapped and swapped.events == report.events
+    assert (await ow.store.get_run(victim)).status == "completed"
+    assert (await ow.reproject(verify=True)).differences == []
+    assert _sql(db, "SELECT status FROM workflow_runs_previous WHERE id = %s", (victim,)) == [
+        ("failed",)
+    ]  # the old tables are kept for rollback
+
+
+async def test_dry_run_reports_and_writes_nothing(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    await ow.connect()
+    await ow.start("nobody-serves-this", 1)
+    report = await ow.reproject(dry_run=True)
+    assert report.counts == {"events": 1, "workflow_runs": 1, "step_attempts": 0}
+    assert not report.swapped
+    assert _sql(db, "SELECT count(*) FROM reproject_state") == [(0,)]
+
+
+async def test_reproject_under_load_swaps_without_disturbing_the_worker(
+    make_client: Any, db: dict[str, Any]
+) -> None:
+    ow = await make_client()
+    job = _define(ow, nap="500ms")  # runs come back after their nap: claims go on after the swap
+    await ow.connect()
+    admin = await make_client()
+    await admin.connect()
+    async with running_worker(ow, concurrency=20, lease="3s", heartbeat="200ms"):
+        handles = [await job.start(i) for i in range(200)]
+        await eventually(lambda: _completed_some(admin))
+        before = utcnow()
+        report = await admin.reproject()
+        after = utcnow()
+        assert report.swapped
+        # Heartbeats go on against the swapped-in tables: a held lease keeps moving.
+        held = [
+            r for r in (await admin.list_runs(status="running", limit=200)).runs if r.lease_until
+        ]
+        if held:
+            first = held[0]
+            await eventually(lambda: _lease_moved(admin, first.id, first.lease_until))
+        results = [await h.result(timeout=60) for h in handles]
+    assert results == [i * 2 for i in range(200)]
+    # The live tables are the rebuilt ones; the replaced ones are kept as *_previous.
+    assert _sql(db, "SELECT count(*) FROM workflow_runs_previous")[0][0] > 0
+    claims = [
+        e.created_at
+        for h in handles
+        for e in await admin.history(h.run_id)
+        if e.type == "run_claimed"
+    ]
+    assert any(t < before for t in claims) and any(t > after for t in claims)
+    assert (await admin.reproject(verify=True)).differences == []
+
+
+async def _completed_some(client: ow_es.OpenWorkflow) -> bool:
+    return len((await client.list_runs(status="completed", limit=10)).runs) >= 10
+
+
+async def _lease_moved(client: ow_es.OpenWorkflow, run_id: str, lease: Any) -> bool:
+    run = await client.store.get_run(run_id)
+    assert run is not None
+    return run.lease_until is None or run.lease_until > lease
