@@ -13,6 +13,7 @@ import click
 from ow_es import __version__
 from ow_es.cli_app import configured_target, label, load_app
 from ow_es.cli_common import CliError, Connection, Group, connection_options, one_line
+from ow_es.cli_reproject import reproject
 from ow_es.cli_runs import runs
 from ow_es.cli_worker import worker
 from ow_es.client import OpenWorkflow
@@ -28,6 +29,7 @@ def main() -> None:
 
 main.add_command(worker)
 main.add_command(runs)
+main.add_command(reproject)
 
 
 @main.command(short_help="Apply (or list) pending schema migrations.")
@@ -87,14 +89,14 @@ def doctor(conn: Connection, app: str | None) -> None:
 
 def _doctor_client(checks: Checks, conn: Connection, app: str | None) -> OpenWorkflow:
     """The app's client (reporting its workflows), else a plain one; never migrating."""
-    target = app or configured_target()
     client = None
-    if target:
-        try:
-            client = load_app(target, conn)
-        except CliError as exc:
-            checks.fail("app", exc.format_message())
-        else:
+    try:
+        target = app or configured_target()
+        client = load_app(target, conn) if target else None
+    except CliError as exc:
+        checks.fail("app", exc.format_message())
+    else:
+        if client is not None:
             served = ", ".join(sorted(label(w) for w in client.workflows))
             checks.ok("app", f"{target} registers {len(client.workflows)} workflow(s): {served}")
     client = client or conn.client(migrate=False)

@@ -133,6 +133,7 @@ class OpenWorkflow:
         lease: Duration = "30s",
         heartbeat: Duration | None = None,
         poll_interval: Duration = "1s",
+        stop_timeout: Duration = "30s",
         worker_id: str | None = None,
     ) -> Worker:
         return Worker(
@@ -141,6 +142,7 @@ class OpenWorkflow:
             lease=lease,
             heartbeat=heartbeat,
             poll_interval=poll_interval,
+            stop_timeout=stop_timeout,
             worker_id=worker_id,
         )
 

@@ -109,7 +109,8 @@ class Execution:
             events = await self.settings.store.read_run_events(self.run.id)
             self.history = History.of(events)
             if self.history.claim_token != self.token:
-                return  # someone claimed it after us: not ours any more
+                log.warning("run %s: its history shows another claim; leaving it", self.run.id)
+                return
             self.seq = max(self.seq, self.history.seq)
             await self._run_to_end()
         except RunLost:

@@ -37,6 +37,7 @@ class Worker:
         lease: Duration = "30s",
         heartbeat: Duration | None = None,
         poll_interval: Duration = "1s",
+        stop_timeout: Duration = "30s",
         worker_id: str | None = None,
     ) -> None:
         if concurrency < 1:
@@ -53,7 +54,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._stop_timeout = 30.0
+        self._stop_timeout = to_seconds(stop_timeout, "stop_timeout")
         self._active: dict[str, tuple[asyncio.Task[None], Execution]] = {}
         self._slot_freed = asyncio.Event()
         self._threads: ThreadPoolExecutor | None = None
@@ -90,10 +91,11 @@ class Worker:
             await self._drain()
             self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def stop(self, timeout: float = 30) -> None:
-        """Stop claiming; let in-flight runs finish for up to ``timeout`` seconds, then release
-        the rest for other workers."""
-        self._stop_timeout = timeout
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming; let in-flight runs finish for up to ``timeout`` seconds (default: the
+        worker's ``stop_timeout``), then release the rest for other workers."""
+        if timeout is not None:
+            self._stop_timeout = timeout
         self._stopping.set()
 
     @property

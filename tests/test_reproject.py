@@ -124,3 +124,27 @@ async def _lease_moved(client: ow_es.OpenWorkflow, run_id: str, lease: Any) -> b
     run = await client.store.get_run(run_id)
     assert run is not None
     return run.lease_until is None or run.lease_until > lease
+
+
+async def test_cli_verify_exits_1_naming_the_corrupted_row(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    from tests.test_cli import ainvoke, assert_one_line_error, ok
+
+    job = _define(ow)
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await job.start(5)
+        await handle.result(timeout=20)
+    args = ["--database-url", db["url"]] + (["--schema", db["schema"]] if db["schema"] else [])
+    assert "0 row(s) differ" in ok(await ainvoke("reproject", "--verify", *args))
+    assert "nothing written" in ok(await ainvoke("reproject", "--dry-run", *args))
+
+    _sql(db, "UPDATE workflow_runs SET output = '99' WHERE id = %s", (handle.run_id,))
+    result = await ainvoke("reproject", "--verify", *args)
+    assert_one_line_error(result, "1 projection row(s) differ")
+    assert f"workflow_runs default/{handle.run_id}: output differ" in result.stdout
+
+    assert "swapped in" in ok(await ainvoke("reproject", *args))
+    assert await handle.result(timeout=1) == 10  # the repaired row
+    assert "0 row(s) differ" in ok(await ainvoke("reproject", "--verify", *args))

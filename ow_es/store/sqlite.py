@@ -204,14 +204,14 @@ class SqliteStore:
     # -- migrations ------------------------------------------------------------------------
 
     async def _applied_version(self, conn: aiosqlite.Connection) -> int:
-        cur = await conn.execute(
+        # execute_fetchall everywhere: a half-read cursor would pin an old read snapshot.
+        found = await conn.execute_fetchall(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
         )
-        if await cur.fetchone() is None:
+        if not found:
             return 0
-        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = list(await conn.execute_fetchall("SELECT max(version) FROM schema_migrations"))
+        return int(rows[0][0] or 0)
 
     async def migrate(self, *, dry_run: bool = False) -> list[str]:
         conn = self._require(self._writer)
@@ -265,28 +265,29 @@ class SqliteStore:
             return set()
         async with self._write_tx("extending leases") as conn:
             until = _now() + timedelta(seconds=lease_seconds)
-            cur = await conn.execute(
+            rows = await conn.execute_fetchall(
                 Q["heartbeat"],
                 (ts(until), self.namespace, codec.dumps([[k, v] for k, v in claims.items()])),
             )
-            return {row[0] for row in await cur.fetchall()}
+            return {row[0] for row in rows}
 
     async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
         if not workflows:
             return None
         now, wf = ts(_now()), _workflows_json(workflows)
-        cur = await self._require(self._reader).execute(
-            Q["next_wake_at"], (self.namespace, now, wf, self.namespace, now, wf)
+        rows = list(
+            await self._require(self._reader).execute_fetchall(
+                Q["next_wake_at"], (self.namespace, now, wf, self.namespace, now, wf)
+            )
         )
-        row = await cur.fetchone()
-        return datetime.fromisoformat(row[0]) if row and row[0] else None
+        return datetime.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
 
     # -- reads -----------------------------------------------------------------------------
 
     async def _fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         try:
-            cur = await self._require(self._reader).execute(query, params)
-            return [_row(r) for r in await cur.fetchall()]
+            rows = await self._require(self._reader).execute_fetchall(query, params)
+            return [_row(r) for r in rows]
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite error while reading: {exc}") from None
 
@@ -375,12 +376,10 @@ class SqliteTransaction(Transaction):
         self._conn = conn
 
     async def _rows(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        cur = await self._conn.execute(query, params)
-        return [_row(r) for r in await cur.fetchall()]
+        return [_row(r) for r in await self._conn.execute_fetchall(query, params)]
 
     async def insert_run(self, run: WorkflowRun) -> bool:
-        cur = await self._conn.execute(Q["insert_run"], _run_params(run))
-        return await cur.fetchone() is not None
+        return bool(await self._conn.execute_fetchall(Q["insert_run"], _run_params(run)))
 
     async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None:
         rows = await self._rows(Q["find_by_key"], (self.namespace, workflow_name, key))
