@@ -92,7 +92,7 @@ class OpenWorkflow:
         version: str | None = None,
         retry: RetryPolicy | None = None,
         max_step_attempts: int = 1000,
-    ) -> Any:
+    ) -> Callable[[WorkflowFn], Workflow[Any]]:
         """Define a workflow and register it on this client."""
 
         def define(fn: WorkflowFn) -> Workflow[Any]:

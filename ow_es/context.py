@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
@@ -33,18 +33,37 @@ class Steps:
     def __init__(self, execution: Execution) -> None:
         self._execution = execution
 
+    @overload
     async def run(
         self,
         name: str,
-        fn: Callable[[], Awaitable[T]] | Callable[[], T],
+        fn: Callable[[], Awaitable[T]],
         *,
         retry: RetryPolicy | None = None,
         timeout: Duration | None = None,
-    ) -> T:
+    ) -> T: ...
+
+    @overload
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+    ) -> T: ...
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
         """Run ``fn`` once (retrying failures per ``retry``); an ``async def`` is awaited on the
         worker's loop, a plain function runs in the worker's thread pool."""
-        result: T = await self._execution.run_step(name, fn, retry=retry, timeout=timeout)
-        return result
+        return await self._execution.run_step(name, fn, retry=retry, timeout=timeout)
 
     async def sleep(self, name: str, duration: Duration) -> None:
         """Park the run for ``duration``; the worker slot is freed meanwhile."""

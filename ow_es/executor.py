@@ -351,7 +351,10 @@ class Execution:
         if failed is not None:
             raise _step_failed(name, failed.error, failed.attempt)
         until = self.history.retry_until.get(name)
-        attempt = self.history.failures.get(name, 0) + 1
+        # Attempt numbers never repeat (one step_attempts row each); the budget counts only
+        # failures since the last resume or body retry.
+        attempt = self.history.attempts.get(name, 0) + 1
+        budget_used = self.history.failures.get(name, 0) + 1
         if until is not None and until > utcnow():
             raise self._parking(Park("retry", name, until, attempt=attempt))
         if self.history.function_attempts >= self.workflow.max_step_attempts:
@@ -359,7 +362,9 @@ class Execution:
             raise StepLimitExceeded(f"step {name!r}: the run reached its step attempt limit")
         self.history.function_attempts += 1
         seconds = None if timeout is None else to_seconds(timeout, "timeout")
-        return await self._tracked(self._attempt(name, fn, retry or STEP_DEFAULT, seconds, attempt))
+        self.history.attempts[name] = attempt
+        policy = retry or STEP_DEFAULT
+        return await self._tracked(self._attempt(name, fn, policy, seconds, attempt, budget_used))
 
     async def _attempt(
         self,
@@ -368,6 +373,7 @@ class Execution:
         policy: RetryPolicy,
         timeout: float | None,
         attempt: int,
+        budget_used: int,
     ) -> Any:
         worker = self.settings.worker_id
         started = utcnow()
@@ -378,7 +384,7 @@ class Execution:
             raise
         except Exception as exc:
             error = error_info(exc)
-            final = not policy.retryable(exc) or attempt >= policy.maximum_attempts
+            final = not policy.retryable(exc) or budget_used >= policy.maximum_attempts
             await self._append(
                 [
                     ev.StepFailed(
@@ -393,7 +399,7 @@ class Execution:
                 ]
             )
             if final:
-                raise _step_failed(name, error, attempt) from None
+                raise _step_failed(name, error, budget_used) from None
             until = utcnow() + timedelta(seconds=policy.delay(attempt))
             raise self._parking(Park("retry", name, until, attempt=attempt + 1)) from None
         await self._append(
@@ -423,22 +429,26 @@ class Execution:
             )
         done, _ = await asyncio.wait({task}, timeout=STARTED_GRACE_SECONDS)
         if not done:
-            await self._append(
-                [
-                    ev.StepStarted(
-                        step_name=name,
-                        kind="function",
-                        attempt=attempt,
-                        worker_id=self.settings.worker_id,
-                    )
-                ]
-            )
+            try:
+                await self._append(
+                    [
+                        ev.StepStarted(
+                            step_name=name,
+                            kind="function",
+                            attempt=attempt,
+                            worker_id=self.settings.worker_id,
+                        )
+                    ]
+                )
+            except BaseException:
+                task.cancel()  # the run is no longer ours: do not leave the step running
+                raise
         remaining = None if timeout is None else max(0.0, timeout - STARTED_GRACE_SECONDS)
         try:
             return await asyncio.wait_for(task, remaining if not done else None)
         except TimeoutError:
-            if task.done():
-                raise
+            if task.done() and not task.cancelled():
+                raise  # the step itself raised TimeoutError
             raise StepTimeout(f"step {name!r} timed out after {timeout}s") from None
 
     async def sleep(

@@ -16,6 +16,8 @@ class History:
     completed: dict[str, ev.StepCompleted] = field(default_factory=dict)
     # Failures since the last resume (or body retry), which count against a step's budget.
     failures: dict[str, int] = field(default_factory=dict)
+    # The highest attempt number recorded per step (never reset: rows are per attempt).
+    attempts: dict[str, int] = field(default_factory=dict)
     final_failures: dict[str, ev.StepFailed] = field(default_factory=dict)
     retry_until: dict[str, datetime] = field(default_factory=dict)
     started: dict[str, ev.StepStarted] = field(default_factory=dict)
@@ -41,14 +43,17 @@ class History:
             case ev.RunClaimed():
                 self.claim_token = data.claim_token
             case ev.StepStarted():
+                self._attempted(data.step_name, data.attempt)
                 self.started[data.step_name] = data
                 self.started_at[data.step_name] = at
             case ev.StepCompleted():
+                self._attempted(data.step_name, data.attempt)
                 self.completed[data.step_name] = data
                 self.final_failures.pop(data.step_name, None)
                 if data.kind == "function":
                     self.function_attempts += 1
             case ev.StepFailed():
+                self._attempted(data.step_name, data.attempt)
                 self.failures[data.step_name] = self.failures.get(data.step_name, 0) + 1
                 if data.final:
                     self.final_failures[data.step_name] = data
@@ -67,6 +72,9 @@ class History:
                 self.child_finished[data.step_name] = data
             case _:
                 pass
+
+    def _attempted(self, step_name: str, attempt: int) -> None:
+        self.attempts[step_name] = max(self.attempts.get(step_name, 0), attempt)
 
     def _fresh_budgets(self) -> None:
         """After a resume or a body retry, earlier step failures no longer count."""

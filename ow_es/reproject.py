@@ -17,13 +17,23 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ow_es.errors import OwEsError
-from ow_es.models import Event, StepAttempt, WorkflowRun
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
 from ow_es.projections import apply_run, step_row
 from ow_es.store.codec import recorded_from_event
 
 log = logging.getLogger("ow_es.reproject")
 
 RunKey = tuple[str, str]
+# The projection tables, their keys and the columns a verify compares (the coordination column
+# lease_until is left out: heartbeats move it in place).
+TABLES: dict[str, tuple[str, ...]] = {
+    "workflow_runs": ("namespace_id", "id"),
+    "step_attempts": ("namespace_id", "run_id", "step_name", "attempt"),
+}
+COMPARED: dict[str, list[str]] = {
+    "workflow_runs": [c for c in RUN_COLUMNS if c != "lease_until"],
+    "step_attempts": list(STEP_COLUMNS),
+}
 BATCH_SIZE = 5000
 CACHE_LIMIT = 200_000
 

@@ -1,4 +1,4 @@
-"""Fold whole histories from scratch: what ``reproject``, ``state_at`` and the tests compare with."""
+"""Fold whole histories from scratch (``state_at``, the tests' reference fold)."""
 
 from __future__ import annotations
 

@@ -74,9 +74,10 @@ def _created(rec: Recorded, data: ev.RunCreated) -> WorkflowRun:
     )
 
 
-def _apply(row: WorkflowRun, rec: Recorded) -> WorkflowRun:  # noqa: C901 - one arm per type
+def _apply(row: WorkflowRun, rec: Recorded) -> WorkflowRun:
     data = rec.data
     at = rec.created_at
+    waiting: dict[str, Any]
     match data:
         case ev.RunClaimed():
             return msgspec.structs.replace(
@@ -91,11 +92,10 @@ def _apply(row: WorkflowRun, rec: Recorded) -> WorkflowRun:  # noqa: C901 - one 
                 attempts=max(row.attempts, 1),
             )
         case ev.RunSleeping():
-            return _parked(
-                row, data.until, {"kind": "sleep", "step": data.step_name, "until": _iso(data.until)}
-            )
+            waiting = {"kind": "sleep", "step": data.step_name, "until": _iso(data.until)}
+            return _parked(row, data.until, waiting)
         case ev.RunWaiting():
-            waiting: dict[str, Any] = {"kind": data.kind, "step": data.step_name}
+            waiting = {"kind": data.kind, "step": data.step_name}
             if data.kind == "signal":
                 waiting["name"] = data.signal_name
             else:
@@ -104,9 +104,8 @@ def _apply(row: WorkflowRun, rec: Recorded) -> WorkflowRun:  # noqa: C901 - one 
                 waiting["until"] = _iso(data.until)
             return _parked(row, data.until, waiting)
         case ev.RetryScheduled():
-            parked = _parked(
-                row, data.until, {"kind": "retry", "step": data.step_name, "until": _iso(data.until)}
-            )
+            waiting = {"kind": "retry", "step": data.step_name, "until": _iso(data.until)}
+            parked = _parked(row, data.until, waiting)
             if data.step_name is None:  # the workflow body itself is retried
                 parked = msgspec.structs.replace(parked, attempts=data.attempt)
             return parked

@@ -18,7 +18,7 @@ def _create(run_id: str) -> AppendRequest:
     )
 
 
-async def test_reader_waits_for_a_held_transaction(pg_url: str, make_client: object) -> None:
+async def test_reader_waits_for_a_held_transaction(pg_url: str) -> None:
     import uuid
 
     import psycopg

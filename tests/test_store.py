@@ -50,8 +50,13 @@ async def test_seq_is_gapless_and_events_read_in_order(ow: ow_es.OpenWorkflow) -
     run = await ow.store.get_run("r1")
     assert run is not None and run.seq == 8 and run.updated_at == events[-1].created_at
     assert [s.step_name for s in await ow.store.step_attempts("r1")] == [
-        "s0", "t0", "s1", "t1", "s2", "t2"
-    ]  # fmt: skip
+        "s0",
+        "t0",
+        "s1",
+        "t1",
+        "s2",
+        "t2",
+    ]
 
 
 async def test_stale_claim_is_rejected_and_writes_nothing(ow: ow_es.OpenWorkflow) -> None:

@@ -12,18 +12,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
-from ow_es.reproject import Difference, GateBusy, RunKey
+from ow_es.reproject import COMPARED, TABLES, Difference, GateBusy, RunKey
 from ow_es.store import codec
 from ow_es.store.postgres import PostgresStore, _run_params, _step_params
-
-TABLES = {
-    "workflow_runs": ("namespace_id", "id"),
-    "step_attempts": STEP_COLUMNS[:2] + ("step_name", "attempt"),
-}
-_COMPARED = {
-    "workflow_runs": [c for c in RUN_COLUMNS if c != "lease_until"],
-    "step_attempts": list(STEP_COLUMNS),
-}
 
 
 def _upsert(
@@ -134,12 +125,14 @@ class PgRebuildTx:
     async def diff(self) -> list[Difference]:
         found: list[Difference] = []
         for table, key in TABLES.items():
-            columns = _COMPARED[table]
+            columns = COMPARED[table]
             cols = sql.SQL(", ").join(map(sql.Identifier, columns))
             keys = sql.SQL(", ").join(map(sql.Identifier, key))
             query = sql.SQL(
-                "SELECT {keys} FROM (SELECT {cols} FROM {live} EXCEPT SELECT {cols} FROM {shadow}) a"
-                " UNION SELECT {keys} FROM (SELECT {cols} FROM {shadow} EXCEPT SELECT {cols} FROM {live}) b"
+                "SELECT {keys} FROM"
+                " (SELECT {cols} FROM {live} EXCEPT SELECT {cols} FROM {shadow}) a"
+                " UNION SELECT {keys} FROM"
+                " (SELECT {cols} FROM {shadow} EXCEPT SELECT {cols} FROM {live}) b"
                 " ORDER BY 1, 2 LIMIT 100"
             ).format(
                 keys=keys,

@@ -29,10 +29,9 @@ class PostgresWakeChannel:
         self._done = DoneWaiters()
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
-        self._users = 0
 
     async def start(self) -> None:
-        self._users += 1
+        """Idempotent: every worker loop and result() waiter of the client shares one listener."""
         if self._task is None:
             self._task = asyncio.create_task(self._listen_forever(), name="ow-es-listener")
         with contextlib.suppress(TimeoutError):
@@ -40,8 +39,8 @@ class PostgresWakeChannel:
                 await self._listening.wait()
 
     async def stop(self) -> None:
-        self._users = max(0, self._users - 1)
-        if self._users == 0 and self._task is not None:
+        """Stop listening (when the client closes)."""
+        if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

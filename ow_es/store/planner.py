@@ -103,8 +103,8 @@ def _fold(
 
 
 def _note_transitions(plan: Plan, old: WorkflowRun | None, new: WorkflowRun, now: datetime) -> None:
-    if _ready(new, now):
-        plan.ready = True
+    if _ready(new, now) or (old is None and new.available_at is not None):
+        plan.ready = True  # a new run, due now or later: idle workers re-arm their timers
     if new.is_terminal and (old is None or not old.is_terminal):
         plan.done.append(new.id)
         if new.parent_run_id is not None and new.parent_step_name is not None:

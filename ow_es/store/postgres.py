@@ -18,9 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 from ow_es.config import redact
 from ow_es.errors import ConcurrencyError, OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
+from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
-from ow_es.reproject import Rebuilder
 from ow_es.store.pg_wake import PostgresWakeChannel
 from ow_es.store.planner import Plan
 from ow_es.store.queries import load

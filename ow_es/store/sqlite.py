@@ -15,10 +15,10 @@ import msgspec
 
 from ow_es.errors import OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
+from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
 from ow_es.store.planner import Plan
-from ow_es.reproject import Rebuilder
 from ow_es.store.queries import load
 from ow_es.store.tx import Transaction
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter

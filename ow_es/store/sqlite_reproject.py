@@ -11,18 +11,9 @@ from typing import Any
 import aiosqlite
 
 from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
-from ow_es.reproject import Difference, RunKey
+from ow_es.reproject import COMPARED, TABLES, Difference, RunKey
 from ow_es.store import codec
 from ow_es.store.sqlite import SqliteStore, _row, _run_params, _step_params
-
-TABLES = {
-    "workflow_runs": ("namespace_id", "id"),
-    "step_attempts": ("namespace_id", "run_id", "step_name", "attempt"),
-}
-_COMPARED = {
-    "workflow_runs": [c for c in RUN_COLUMNS if c != "lease_until"],
-    "step_attempts": list(STEP_COLUMNS),
-}
 
 
 def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
@@ -92,11 +83,12 @@ class SqliteRebuildTx:
     async def diff(self) -> list[Difference]:
         found: list[Difference] = []
         for table, key in TABLES.items():
-            cols = ", ".join(_COMPARED[table])
+            cols = ", ".join(COMPARED[table])
             keys = ", ".join(key)
             shadow = f"{table}_rebuild"
             rows = await self.conn.execute_fetchall(
-                f"SELECT {keys} FROM (SELECT {cols} FROM {table} EXCEPT SELECT {cols} FROM {shadow})"
+                f"SELECT {keys} FROM"
+                f" (SELECT {cols} FROM {table} EXCEPT SELECT {cols} FROM {shadow})"
                 f" UNION SELECT {keys} FROM (SELECT {cols} FROM {shadow} EXCEPT SELECT {cols} FROM"
                 f" {table}) ORDER BY 1, 2 LIMIT 100"
             )
@@ -116,7 +108,7 @@ class SqliteRebuildTx:
         if live is None or rebuilt is None:
             side = "live" if live is None else "rebuilt"
             return Difference(table, values, [f"missing in the {side} table"])
-        return Difference(table, values, [c for c in _COMPARED[table] if live[c] != rebuilt[c]])
+        return Difference(table, values, [c for c in COMPARED[table] if live[c] != rebuilt[c]])
 
 
 class SqliteRebuilder:
@@ -159,7 +151,8 @@ class SqliteRebuilder:
                     re.sub(rf'^CREATE TABLE "?{table}"?', f"CREATE TABLE {table}_rebuild", ddl)
                 )
             await conn.execute(
-                "INSERT INTO reproject_state (id, cursor, started_at) VALUES (1, '0', datetime('now'))"
+                "INSERT INTO reproject_state (id, cursor, started_at)"
+                " VALUES (1, '0', datetime('now'))"
             )
             return "0", False
 

@@ -1,0 +1,216 @@
+"""Input schemas, payload limits, unencodable results and the step attempt limit."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import msgspec
+import pytest
+
+import ow_es
+from tests.conftest import ClientFactory
+from tests.helpers import event_types, running_worker
+
+
+class Order(msgspec.Struct):
+    order_id: str
+    amount_cents: int
+
+
+@dataclasses.dataclass
+class Ticket:
+    title: str
+    priority: int
+
+
+async def test_invalid_input_names_the_field_and_writes_nothing(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="typed")
+    async def typed(ctx: ow_es.Context, order: Order) -> int:
+        return order.amount_cents
+
+    await ow.connect()
+    with pytest.raises(ow_es.ValidationError, match="amount_cents"):
+        await typed.start({"order_id": "o-1", "amount_cents": "lots"})
+    with pytest.raises(ow_es.ValidationError, match="amount_cents"):
+        await typed.start({"order_id": "o-1"})
+    with pytest.raises(ow_es.ValidationError, match="amount_cents"):
+        await typed.start(Order("o-1", "500"))  # type: ignore[arg-type]
+    with pytest.raises(ow_es.ValidationError, match="amount_cents"):
+        await ow.start(typed, {"order_id": "o-1", "amount_cents": 1.5})
+    with pytest.raises(ow_es.ValidationError, match="amount_cents"):
+        await typed.start({"order_id": "o-1", "amount_cents": "5"}, idempotency_key="k")
+    assert (await ow.list_runs()).runs == []
+    assert isinstance(ow_es.ValidationError("x"), ValueError)
+
+    handle = await typed.start(Order("o-1", 500))
+    async with running_worker(ow):
+        assert await handle.result(timeout=15) == 500
+    assert (await handle.status()).input == {"order_id": "o-1", "amount_cents": 500}
+
+
+async def test_dataclass_input_is_validated_too(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="ticketing")
+    async def ticketing(ctx: ow_es.Context, ticket: Ticket) -> str:
+        assert isinstance(ticket, Ticket)
+        return f"{ticket.title}:{ticket.priority}"
+
+    await ow.connect()
+    with pytest.raises(ow_es.ValidationError, match="priority"):
+        await ticketing.start({"title": "t", "priority": "high"})
+    assert (await ow.list_runs()).runs == []
+    handle = await ticketing.start(Ticket("t", 2))
+    async with running_worker(ow):
+        assert await handle.result(timeout=15) == "t:2"
+
+
+async def test_input_over_the_payload_limit_is_rejected(make_client: ClientFactory) -> None:
+    ow = await make_client(max_payload_bytes=200)
+
+    @ow.workflow(name="small")
+    async def small(ctx: ow_es.Context, data: dict[str, str]) -> int:
+        return len(data["blob"])
+
+    await ow.connect()
+    with pytest.raises(ow_es.ValidationError, match="payload limit"):
+        await small.start({"blob": "x" * 500})
+    with pytest.raises(ow_es.ValidationError):
+        await ow.start("small", {"blob": "y" * 201})
+    assert (await ow.list_runs()).runs == []
+    fits = await small.start({"blob": "x" * 100})
+    assert (await fits.status()).status == "pending"
+
+
+async def test_unencodable_step_result_fails_the_step_clearly(ow: ow_es.OpenWorkflow) -> None:
+    calls: list[int] = []
+
+    class Opaque:
+        pass
+
+    @ow.workflow(name="opaque")
+    async def opaque(ctx: ow_es.Context) -> dict[str, object]:
+        def make() -> object:
+            calls.append(1)
+            return Opaque()
+
+        try:
+            await ctx.step.run("make", make)
+        except ow_es.StepFailed as exc:
+            return {"type": exc.error_type, "attempts": exc.attempts, "message": exc.message}
+        return {}
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await opaque.start()
+        out = await handle.result(timeout=15)
+    assert out["type"] == "ValidationError"
+    assert out["attempts"] == 1
+    assert "make" in str(out["message"]) and "JSON" in str(out["message"])
+    assert calls == [1]  # not retried: it would fail the same way again
+    (step,) = await ow.store.step_attempts(handle.run_id)
+    assert step.status == "failed"
+    assert step.error is not None and step.error["type"] == "ValidationError"
+
+
+async def test_step_result_over_the_payload_limit_fails_the_step(
+    make_client: ClientFactory,
+) -> None:
+    ow = await make_client(max_payload_bytes=300)
+
+    @ow.workflow(name="bloated")
+    async def bloated(ctx: ow_es.Context) -> None:
+        async def big() -> str:
+            return "z" * 1000
+
+        await ctx.step.run("big", big)
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await bloated.start()
+        with pytest.raises(ow_es.WorkflowFailed) as info:
+            await handle.result(timeout=15)
+    assert info.value.error_type == "StepFailed"
+    assert "payload limit" in info.value.error_message
+    (step,) = await ow.store.step_attempts(handle.run_id)
+    assert step.status == "failed" and step.output is None
+
+
+async def test_unencodable_workflow_output_fails_the_run(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="bad-output")
+    async def bad_output(ctx: ow_es.Context) -> object:
+        return {1, 2, 3j}
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await bad_output.start()
+        with pytest.raises(ow_es.WorkflowFailed) as info:
+            await handle.result(timeout=15)
+    assert info.value.error_type == "ValidationError"
+    assert (await handle.status()).output is None
+
+
+async def test_step_attempt_limit_fails_the_run(ow: ow_es.OpenWorkflow) -> None:
+    calls: list[int] = []
+
+    @ow.workflow(name="limited", max_step_attempts=3)
+    async def limited(ctx: ow_es.Context) -> int:
+        async def work() -> int:
+            calls.append(1)
+            return len(calls)
+
+        total = 0
+        for i in range(5):
+            total += await ctx.step.run(f"step-{i}", work)
+        return total
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await limited.start()
+        with pytest.raises(ow_es.WorkflowFailed) as info:
+            await handle.result(timeout=15)
+    assert info.value.error_type == "StepLimitExceeded"
+    assert len(calls) == 3
+    run = await handle.status()
+    assert run.error is not None and run.error["type"] == "StepLimitExceeded"
+    assert (await event_types(ow, handle.run_id))[-1] == "run_failed"
+
+
+async def test_step_attempt_limit_counts_retries(ow: ow_es.OpenWorkflow) -> None:
+    calls: list[int] = []
+    fast = ow_es.RetryPolicy(initial_interval="1ms", maximum_interval="1ms")
+
+    @ow.workflow(name="limited-retries", max_step_attempts=4)
+    async def limited_retries(ctx: ow_es.Context) -> None:
+        async def never() -> None:
+            calls.append(1)
+            raise RuntimeError("never")
+
+        # Not a StepFailed after 10 attempts: the limit stops the run after 4.
+        with contextlib.suppress(ow_es.StepFailed):
+            await ctx.step.run("never", never, retry=fast)
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await limited_retries.start()
+        with pytest.raises(ow_es.WorkflowFailed) as info:
+            await handle.result(timeout=15)
+    assert info.value.error_type == "StepLimitExceeded"
+    assert len(calls) == 4
+
+
+async def test_step_attempt_limit_cannot_be_swallowed(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="swallower", max_step_attempts=1)
+    async def swallower(ctx: ow_es.Context) -> str:
+        await ctx.step.run("one", lambda: 1)
+        try:
+            await ctx.step.run("two", lambda: 2)
+        except Exception:
+            return "swallowed"
+        return "unreachable"
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await swallower.start()
+        with pytest.raises(ow_es.WorkflowFailed) as info:
+            await handle.result(timeout=15)
+    assert info.value.error_type == "StepLimitExceeded"
