@@ -1,0 +1,45 @@
+"""The workflows the benchmark runs. Shared by the client (bench.py) and the worker process."""
+
+from __future__ import annotations
+
+import time
+
+import ow_es
+from ow_es import Context
+
+NOOP_STEPS = 4
+
+
+async def _noop() -> None:
+    return None
+
+
+async def _clock() -> float:
+    return time.time()
+
+
+@ow_es.workflow(name="bench-noop4")
+async def noop4(ctx: Context) -> int:
+    """(a) throughput: four no-op ``async def`` steps."""
+    for index in range(NOOP_STEPS):
+        await ctx.step.run(f"noop-{index}", _noop)
+    return NOOP_STEPS
+
+
+@ow_es.workflow(name="bench-first-step-clock")
+async def first_step_clock(ctx: Context) -> float:
+    """(b) latency: the first step records the wall clock when it starts."""
+    started: float = await ctx.step.run("clock", _clock)
+    return started
+
+
+# The default budget (1000 step attempts per run) would stop `--steps` above 1000.
+@ow_es.workflow(name="bench-sequential", max_step_attempts=1_000_000)
+async def sequential(ctx: Context, steps: int) -> int:
+    """(c) ``steps`` sequential no-op ``async def`` steps in one run."""
+    for index in range(steps):
+        await ctx.step.run(f"step-{index}", _noop)
+    return steps
+
+
+ALL: tuple[ow_es.Workflow[object], ...] = (noop4, first_step_clock, sequential)
