@@ -76,6 +76,9 @@ class Settings:
 
 
 def _return_type(fn: Callable[..., Any]) -> Any:
+    annotations = getattr(fn, "__annotations__", None)
+    if not annotations or "return" not in annotations:
+        return Any  # lambdas and unannotated functions: skip the costly get_type_hints
     try:
         hint = typing.get_type_hints(fn).get("return", Any)
     except Exception:
@@ -106,8 +109,11 @@ class Execution:
 
     async def execute(self) -> None:
         try:
-            events = await self.settings.store.read_run_events(self.run.id)
-            self.history = History.of(events)
+            if self.run.seq == 2:  # created, then this claim: nothing to replay, skip a read
+                self.history = History(seq=2, claim_token=self.token)
+            else:
+                events = await self.settings.store.read_run_events(self.run.id)
+                self.history = History.of(events)
             if self.history.claim_token != self.token:
                 log.warning("run %s: its history shows another claim; leaving it", self.run.id)
                 return

@@ -23,7 +23,7 @@ from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
 from ow_es.store.pg_wake import PostgresWakeChannel
 from ow_es.store.planner import Plan
-from ow_es.store.queries import load
+from ow_es.store.named_queries import load
 from ow_es.store.tx import Transaction
 
 Q = load("postgres")
@@ -241,21 +241,22 @@ class PostgresStore:
 
     async def run(self, what: str, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         """Run ``fn`` in one write transaction, again from the start after a lost deadlock.
-        Workers are woken (NOTIFY, once per channel) by the same commit."""
+
+        The transaction runs in pipeline mode: statements are sent as they are issued and the
+        client waits only where it needs a result, so an append costs two round trips (lock
+        and read the rows; write, notify and commit)."""
         for _ in range(5):
             try:
                 async with self._conn(what) as conn:
                     try:
-                        async with conn.transaction():
-                            cur = await conn.execute(
+                        async with conn.pipeline(), conn.transaction():
+                            begin = await conn.execute(
                                 Q["begin_append"], {"gate": self._gate_key}, prepare=True
                             )
-                            row = await cur.fetchone()
-                            assert row is not None
-                            tx = PostgresTransaction(self, conn, row[1])
+                            tx = PostgresTransaction(self, conn, begin)
                             result = await fn(tx)
                             await tx.notify()
-                            return result
+                        return result
                     except _RETRYABLE as exc:
                         raise _Retry() from exc
             except _Retry:
@@ -407,11 +408,23 @@ def _chunks(ids: list[str], limit: int = 7000) -> list[str]:
 
 class PostgresTransaction(Transaction):
     def __init__(
-        self, store: PostgresStore, conn: psycopg.AsyncConnection[Any], now: datetime
+        self,
+        store: PostgresStore,
+        conn: psycopg.AsyncConnection[Any],
+        begin: psycopg.AsyncCursor[Any],
     ) -> None:
-        super().__init__(store.namespace, now)
+        super().__init__(store.namespace)
         self._store = store
         self._conn = conn
+        self._begin = begin
+        self._now: datetime | None = None
+
+    async def clock(self) -> datetime:
+        if self._now is None:  # read lazily: by then the pipeline has usually synced
+            row = await self._begin.fetchone()
+            assert row is not None
+            self._now = cast(datetime, row[1])
+        return self._now
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         cur = self._conn.cursor(row_factory=dict_row)
@@ -433,45 +446,58 @@ class PostgresTransaction(Transaction):
     async def write(self, plan: Plan) -> None:
         if not (plan.events or plan.updated_runs or plan.steps):
             return
-        async with self._conn.pipeline():
-            cur = self._conn.cursor()
-            if plan.events:
-                await cur.executemany(
-                    Q["insert_event"],
-                    [
-                        (
-                            e.namespace_id,
-                            e.run_id,
-                            e.seq,
-                            e.data.TYPE,
-                            e.data.SCHEMA_VERSION,
-                            codec.dumps(e.data),
-                            e.created_at,
-                        )
-                        for e in plan.events
-                    ],
-                )
-            if plan.updated_runs:
-                await cur.executemany(
-                    Q["update_run"], [_update_params(r) for r in plan.updated_runs]
-                )
-            if plan.steps:
-                await cur.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
+        cur = self._conn.cursor()
+        # Queued in the transaction's pipeline; sent with the next sync.
+        if plan.events:
+            await cur.executemany(
+                Q["insert_event"],
+                [
+                    (
+                        e.namespace_id,
+                        e.run_id,
+                        e.seq,
+                        e.data.TYPE,
+                        e.data.SCHEMA_VERSION,
+                        codec.dumps(e.data),
+                        e.created_at,
+                    )
+                    for e in plan.events
+                ],
+            )
+        if plan.updated_runs:
+            await cur.executemany(Q["update_run"], [_update_params(r) for r in plan.updated_runs])
+        if plan.steps:
+            await cur.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
 
     async def notify(self) -> None:
         """One NOTIFY per channel and transaction: NOTIFY serialises commits cluster-wide."""
         if not (self.ready or self.done):
             return
-        async with self._conn.pipeline():
-            cur = self._conn.cursor()
-            if self.ready:
-                await cur.execute("SELECT pg_notify(%s, '')", [self._store.ready_channel])
-            for chunk in _chunks(self.done):
-                await cur.execute("SELECT pg_notify(%s, %s)", [self._store.done_channel, chunk])
+        cur = self._conn.cursor()
+        # Queued; sent with the commit.
+        if self.ready:
+            await cur.execute("SELECT pg_notify(%s, '')", [self._store.ready_channel])
+        for chunk in _chunks(self.done):
+            await cur.execute("SELECT pg_notify(%s, %s)", [self._store.done_channel, chunk])
 
     async def claim_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
-        params = {**self._store._workflow_params(workflows), "limit": limit}
-        return [codec.run_from_row(row) for row in await self._rows(Q["claim_ready"], params)]
+        params = {
+            "names": sorted({name for name, _ in workflows}),
+            "versions": sorted({version for _, version in workflows if version is not None}),
+            "unversioned": any(version is None for _, version in workflows),
+            "limit": limit,
+        }
+        # Both queries go out together (pipeline); expired leases only fill what is left.
+        due_cur = self._conn.cursor(row_factory=dict_row)
+        expired_cur = self._conn.cursor(row_factory=dict_row)
+        await due_cur.execute(Q["claim_due"], {"ns": self.namespace, **params}, prepare=True)
+        await expired_cur.execute(
+            Q["claim_expired"], {"ns": self.namespace, **params}, prepare=True
+        )
+        rows = [*await due_cur.fetchall(), *await expired_cur.fetchall()]
+        served = set(workflows)
+        runs = [codec.run_from_row(row) for row in rows]
+        return [r for r in runs if (r.workflow_name, r.version) in served][:limit]
 
     async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
         rows = await self._rows(Q["open_signal_waits"], {"signal": signal_name})

@@ -19,7 +19,7 @@ from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
 from ow_es.store.planner import Plan
-from ow_es.store.queries import load
+from ow_es.store.named_queries import load
 from ow_es.store.tx import Transaction
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
 
@@ -372,8 +372,12 @@ def _statements(script: str) -> list[str]:
 
 class SqliteTransaction(Transaction):
     def __init__(self, store: SqliteStore, conn: aiosqlite.Connection, now: datetime) -> None:
-        super().__init__(store.namespace, now)
+        super().__init__(store.namespace)
         self._conn = conn
+        self.now = now
+
+    async def clock(self) -> datetime:
+        return self.now
 
     async def _rows(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         return [_row(r) for r in await self._conn.execute_fetchall(query, params)]

@@ -29,13 +29,16 @@ from ow_es.store.planner import (
 
 
 class Transaction(abc.ABC):
-    def __init__(self, namespace: str, now: datetime) -> None:
+    def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self.now = now
         self.ready = False  # some run became ready: wake workers after commit
         self.done: list[str] = []  # runs that ended: wake their result() waiters
 
     # -- primitives of an adapter ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def clock(self) -> datetime:
+        """The transaction's time: every event it appends gets this ``created_at``."""
 
     @abc.abstractmethod
     async def insert_run(self, run: WorkflowRun) -> bool:
@@ -67,16 +70,19 @@ class Transaction(abc.ABC):
 
     # -- the rules -------------------------------------------------------------------------
 
-    async def apply(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+    async def apply(
+        self, requests: Sequence[AppendRequest], locked: dict[str, WorkflowRun] | None = None
+    ) -> list[Outcome]:
         """Append every request; each gets its own outcome. A run's end is told to its
-        parent in the same transaction."""
+        parent in the same transaction. ``locked``: rows this transaction already locked."""
         indexed = list(enumerate(requests))
         outcomes: dict[int, Outcome] = {}
         next_index = len(indexed)
         while indexed:
             follow_ups: list[AppendRequest] = []
             for round_ in split_rounds(indexed):
-                plan = await self._plan_round(round_)
+                plan = await self._plan_round(round_, locked)
+                locked = None  # later rounds see this round's writes: lock and read again
                 await self.write(plan)
                 outcomes.update(plan.outcomes)
                 follow_ups.extend(plan.follow_ups)
@@ -86,14 +92,16 @@ class Transaction(abc.ABC):
             next_index += len(follow_ups)
         return [outcomes[i] for i in range(len(requests))]
 
-    async def _plan_round(self, round_: list[tuple[int, AppendRequest]]) -> Plan:
+    async def _plan_round(
+        self, round_: list[tuple[int, AppendRequest]], locked: dict[str, WorkflowRun] | None
+    ) -> Plan:
         plan = Plan()
         updates = []
         for index, request in round_:
             if not is_create(request):
                 updates.append((index, request))
                 continue
-            created, run = plan_create(self.namespace, self.now, request)
+            created, run = plan_create(self.namespace, await self.clock(), request)
             if await self.insert_run(run):
                 created.inserted_runs.clear()  # the row is in already
                 created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
@@ -107,8 +115,12 @@ class Transaction(abc.ABC):
             else:
                 plan.outcomes[index] = Appended(run=existing, created=False)
         if updates:
-            rows = await self.lock_runs([r.run_id for _, r in updates])
-            merge(plan, plan_updates(self.namespace, self.now, updates, rows))
+            ids = [r.run_id for _, r in updates]
+            if locked is not None and all(run_id in locked for run_id in ids):
+                rows = locked
+            else:
+                rows = await self.lock_runs(ids)
+            merge(plan, plan_updates(self.namespace, await self.clock(), updates, rows))
         return plan
 
     async def claim(
@@ -117,8 +129,8 @@ class Transaction(abc.ABC):
         rows = await self.claim_ready(workflows, limit)
         if not rows:
             return []
-        requests = claim_requests(rows, worker_id, self.now, lease_seconds)
-        outcomes = await self.apply(requests)
+        requests = claim_requests(rows, worker_id, await self.clock(), lease_seconds)
+        outcomes = await self.apply(requests, locked={row.id: row for row in rows})
         plan = Plan(outcomes=dict(enumerate(outcomes)))
         return claimed_runs(plan, len(requests))
 

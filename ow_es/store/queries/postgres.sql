@@ -52,16 +52,30 @@ ON CONFLICT (namespace_id, run_id, step_name, attempt) DO UPDATE SET
 SELECT * FROM workflow_runs
 WHERE namespace_id = %(ns)s AND workflow_name = %(name)s AND idempotency_key = %(key)s
 
--- name: claim_ready
--- Runs that are due (new ones and timers) in due order first; expired leases (whose
--- available_at is NULL while claimed) last.
+-- name: claim_due
+-- Due runs (new ones and timers), oldest first, through the workflow_runs_ready index: the
+-- filters are written so the planner keeps the index order and stops after LIMIT rows
+-- (an exact (name, version) pair test makes it under-estimate and sort the whole backlog).
+-- The exact pairs are checked by the caller.
 SELECT r.* FROM workflow_runs r
 WHERE r.namespace_id = %(ns)s
   AND r.status IN ('pending', 'running')
-  AND (r.available_at <= now() OR r.lease_until < now())
-  AND (r.workflow_name, coalesce(r.version, '')) IN (
-      SELECT * FROM unnest(%(names)s::text[], %(versions)s::text[]))
-ORDER BY r.available_at NULLS LAST
+  AND r.available_at <= now()
+  AND r.workflow_name = ANY(%(names)s::text[])
+  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+ORDER BY r.available_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: claim_expired
+-- Runs whose worker's lease ran out (after the due ones: new work is preferred).
+SELECT r.* FROM workflow_runs r
+WHERE r.namespace_id = %(ns)s
+  AND r.lease_until < now()
+  AND r.status = 'running'
+  AND r.workflow_name = ANY(%(names)s::text[])
+  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+ORDER BY r.lease_until
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
