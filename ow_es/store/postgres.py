@@ -21,9 +21,9 @@ from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.store.named_queries import load
 from ow_es.store.pg_wake import PostgresWakeChannel
 from ow_es.store.planner import Plan
-from ow_es.store.named_queries import load
 from ow_es.store.tx import Transaction
 
 Q = load("postgres")
@@ -73,6 +73,12 @@ def _run_params(run: WorkflowRun) -> tuple[Any, ...]:
         run.finished_at,
         run.updated_at,
     )
+
+
+def _insert_params(run: WorkflowRun) -> tuple[Any, ...]:
+    """Without created_at and updated_at: the insert uses the transaction's now()."""
+    params = _run_params(run)
+    return (*params[:19], *params[20:22])
 
 
 def _update_params(run: WorkflowRun) -> tuple[Any, ...]:
@@ -431,9 +437,14 @@ class PostgresTransaction(Transaction):
         await cur.execute(cast(Any, query), {"ns": self.namespace, **params})
         return await cur.fetchall()
 
-    async def insert_run(self, run: WorkflowRun) -> bool:
-        cur = await self._conn.execute(Q["insert_run"], _run_params(run), prepare=True)
-        return await cur.fetchone() is not None
+    async def insert_runs(self, runs: list[WorkflowRun]) -> set[str]:
+        cur = self._conn.cursor()
+        await cur.executemany(Q["insert_run"], [_insert_params(r) for r in runs], returning=True)
+        inserted: set[str] = set()
+        while True:
+            inserted.update(row[0] for row in await cur.fetchall())
+            if not cur.nextset():
+                return inserted
 
     async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None:
         rows = await self._rows(Q["find_by_key"], {"name": workflow_name, "key": key})

@@ -18,8 +18,8 @@ from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
 from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
-from ow_es.store.planner import Plan
 from ow_es.store.named_queries import load
+from ow_es.store.planner import Plan
 from ow_es.store.tx import Transaction
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
 
@@ -382,8 +382,13 @@ class SqliteTransaction(Transaction):
     async def _rows(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         return [_row(r) for r in await self._conn.execute_fetchall(query, params)]
 
-    async def insert_run(self, run: WorkflowRun) -> bool:
-        return bool(await self._conn.execute_fetchall(Q["insert_run"], _run_params(run)))
+    async def insert_runs(self, runs: list[WorkflowRun]) -> set[str]:
+        inserted: set[str] = set()
+        for run in runs:
+            run = msgspec.structs.replace(run, created_at=self.now, updated_at=self.now)
+            rows = await self._conn.execute_fetchall(Q["insert_run"], _run_params(run))
+            inserted.update(row[0] for row in rows)
+        return inserted
 
     async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None:
         rows = await self._rows(Q["find_by_key"], (self.namespace, workflow_name, key))

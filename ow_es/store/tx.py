@@ -41,8 +41,10 @@ class Transaction(abc.ABC):
         """The transaction's time: every event it appends gets this ``created_at``."""
 
     @abc.abstractmethod
-    async def insert_run(self, run: WorkflowRun) -> bool:
-        """Insert a new run row; False when its idempotency key is taken."""
+    async def insert_runs(self, runs: list[WorkflowRun]) -> set[str]:
+        """Insert new run rows; returns the ids inserted (a taken idempotency key inserts
+        nothing). ``created_at``/``updated_at`` are the transaction's :meth:`clock`, which an
+        adapter may let the database fill in (the rows may carry a placeholder)."""
 
     @abc.abstractmethod
     async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None: ...
@@ -96,24 +98,21 @@ class Transaction(abc.ABC):
         self, round_: list[tuple[int, AppendRequest]], locked: dict[str, WorkflowRun] | None
     ) -> Plan:
         plan = Plan()
-        updates = []
-        for index, request in round_:
-            if not is_create(request):
-                updates.append((index, request))
-                continue
-            created, run = plan_create(self.namespace, await self.clock(), request)
-            if await self.insert_run(run):
-                created.inserted_runs.clear()  # the row is in already
-                created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
-                merge(plan, created)
-                continue
-            data = request.events[0]
-            assert isinstance(data, ev.RunCreated)
-            existing = await self.find_by_key(run.workflow_name, data.idempotency_key)
-            if existing is None:
-                plan.outcomes[index] = ConcurrencyError(f"run id {run.id} is already taken")
-            else:
-                plan.outcomes[index] = Appended(run=existing, created=False)
+        updates = [(i, r) for i, r in round_ if not is_create(r)]
+        creates = [(i, r) for i, r in round_ if is_create(r)]
+        if creates:
+            # The rows go in before the clock is read: one round trip for both on Postgres.
+            drafts = [_draft(self.namespace, request) for _, request in creates]
+            inserted = await self.insert_runs(drafts)
+            now = await self.clock()
+            for index, request in creates:
+                if request.run_id in inserted:
+                    created, run = plan_create(self.namespace, now, request)
+                    created.inserted_runs.clear()  # the row is in already
+                    created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
+                    merge(plan, created)
+                else:
+                    plan.outcomes[index] = await self._existing(request)
         if updates:
             ids = [r.run_id for _, r in updates]
             if locked is not None and all(run_id in locked for run_id in ids):
@@ -122,6 +121,15 @@ class Transaction(abc.ABC):
                 rows = await self.lock_runs(ids)
             merge(plan, plan_updates(self.namespace, await self.clock(), updates, rows))
         return plan
+
+    async def _existing(self, request: AppendRequest) -> Outcome:
+        """The run that holds the idempotency key a create collided with."""
+        data = request.events[0]
+        assert isinstance(data, ev.RunCreated)
+        existing = await self.find_by_key(data.workflow_name, data.idempotency_key)
+        if existing is None:
+            return ConcurrencyError(f"run id {request.run_id} is already taken")
+        return Appended(run=existing, created=False)
 
     async def claim(
         self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
@@ -192,6 +200,13 @@ class Transaction(abc.ABC):
         if idempotency_key is not None:
             await self.record_signal_send(idempotency_key, signal_name, delivered)
         return delivered
+
+
+def _draft(namespace: str, request: AppendRequest) -> WorkflowRun:
+    """A new run's row before the transaction's time is known (it is filled in on insert)."""
+    data = request.events[0]
+    assert isinstance(data, ev.RunCreated)
+    return plan_create(namespace, data.available_at, request)[1]
 
 
 def _worker_of(request: AppendRequest) -> str | None:

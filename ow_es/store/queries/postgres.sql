@@ -12,6 +12,7 @@ ORDER BY id
 FOR UPDATE
 
 -- name: insert_run
+-- created_at and updated_at are the transaction's time, as for every event it appends.
 INSERT INTO workflow_runs (
     namespace_id, id, workflow_name, version, status, input, output, error, attempts,
     idempotency_key, parent_run_id, parent_step_name, worker_id, claim_token, lease_until,
@@ -19,7 +20,7 @@ INSERT INTO workflow_runs (
 ) VALUES (
     %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s,
     %s, %s, %s, %s, %s, %s,
-    %s, %s, %s::jsonb, %s, %s, %s, %s, %s
+    %s, %s, %s::jsonb, %s, now(), %s, %s, now()
 )
 ON CONFLICT DO NOTHING
 RETURNING id
