@@ -19,7 +19,7 @@ from ow_es.projections import fold_run
 from ow_es.reproject import Report, rebuild
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.store import Appended, AppendRequest, Store, make_store
-from ow_es.store.codec import recorded_from_event
+from ow_es.store.codec import current_shape, recorded_from_event
 from ow_es.worker import Worker
 from ow_es.workflow import Workflow, WorkflowFn
 
@@ -218,10 +218,12 @@ class OpenWorkflow:
         )
 
     async def history(self, run_id: str) -> list[Event]:
+        """Every event of the run in order. Events written by an older ow-es are upcast to the
+        current shape (``schema_version`` then names the shape of ``data``)."""
         events = await self.store.read_run_events(run_id)
         if not events:
             raise RunNotFound(f"run {run_id} not found")
-        return events
+        return [current_shape(e) for e in events]
 
     async def state_at(self, run_id: str, seq: int) -> RunState:
         """The run and its step attempts as of its event number ``seq``."""

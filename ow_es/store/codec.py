@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from ow_es.errors import ValidationError
-from ow_es.events import decode_data
+from ow_es.events import EVENT_TYPES, decode_data, to_dict
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.projections import Recorded
 
@@ -46,6 +46,15 @@ def recorded_from_event(event: Event) -> Recorded:
         created_at=event.created_at,
         data=decode_data(event.type, event.schema_version, event.data),
     )
+
+
+def current_shape(event: Event) -> Event:
+    """The event with its data upcast to the current schema version of its type."""
+    cls = EVENT_TYPES[event.type]
+    if event.schema_version == cls.SCHEMA_VERSION:
+        return event
+    data = to_dict(decode_data(event.type, event.schema_version, event.data))
+    return msgspec.structs.replace(event, data=data, schema_version=cls.SCHEMA_VERSION)
 
 
 def encode_cursor(created_at: datetime, run_id: str) -> str:
