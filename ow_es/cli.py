@@ -11,7 +11,7 @@ import asyncio
 import click
 
 from ow_es import __version__
-from ow_es.cli_app import configured_target, label, load_app
+from ow_es.cli_app import configured_target, label, load_app, project_settings
 from ow_es.cli_common import CliError, Connection, Group, connection_options, one_line
 from ow_es.cli_reproject import reproject
 from ow_es.cli_runs import runs
@@ -20,11 +20,33 @@ from ow_es.client import OpenWorkflow
 from ow_es.errors import OwEsError
 from ow_es.store.migrator import latest_version
 
+# `[tool.ow-es]` keys in ./pyproject.toml that set worker options (below flags and env vars).
+WORKER_SETTINGS = (
+    "concurrency",
+    "lease",
+    "heartbeat",
+    "poll_interval",
+    "stop_timeout",
+    "log_level",
+)
+
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ow-es")
-def main() -> None:
-    """ow-es: durable, event-sourced workflows on PostgreSQL or SQLite."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """ow-es: durable, event-sourced workflows on PostgreSQL or SQLite.
+
+    Worker options may also come from `[tool.ow-es]` in ./pyproject.toml (app, concurrency,
+    lease, heartbeat, poll_interval, stop_timeout, log_level); flags and environment
+    variables win over it."""
+    table = project_settings()
+    worker_defaults = {
+        key: str(table[key]) if key != "concurrency" else table[key]
+        for key in WORKER_SETTINGS
+        if key in table
+    }
+    ctx.default_map = {"worker": worker_defaults}
 
 
 main.add_command(worker)

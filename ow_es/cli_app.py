@@ -23,16 +23,25 @@ from ow_es.workflow import Workflow
 PYPROJECT = "pyproject.toml"
 
 
-def configured_target() -> str | None:
-    """``[tool.ow-es] app`` from ./pyproject.toml, if there is one."""
+def project_settings() -> dict[str, Any]:
+    """The ``[tool.ow-es]`` table of ./pyproject.toml (empty when there is none)."""
     path = Path(PYPROJECT)
     if not path.is_file():
-        return None
+        return {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CliError(f"cannot read {path.resolve()}: {exc}") from None
-    app = data.get("tool", {}).get("ow-es", {}).get("app")
+    table = data.get("tool", {}).get("ow-es", {})
+    if not isinstance(table, dict):
+        raise CliError(f"[tool.ow-es] in {path.resolve()} must be a table")
+    return table
+
+
+def configured_target() -> str | None:
+    """``[tool.ow-es] app`` from ./pyproject.toml, if there is one."""
+    path = Path(PYPROJECT)
+    app = project_settings().get("app")
     if app is not None and (not isinstance(app, str) or not app):
         raise CliError(f'[tool.ow-es] app in {path.resolve()} must be a "module:attr" string')
     return app

@@ -425,11 +425,12 @@ async def test_worker_target_from_pyproject(
 ) -> None:
     (tmp_path / "app.py").write_text(textwrap.dedent(APP_WITH_CLIENT))
     (tmp_path / "pyproject.toml").write_text(
-        '[project]\nname = "x"\n\n[tool.ow-es]\napp = "app:ow"\n'
+        '[project]\nname = "x"\n\n[tool.ow-es]\napp = "app:ow"\nconcurrency = 3\n'
     )
     client = await (await make_client()).connect()
     async with worker_process(tmp_path, env=db_env(db)) as (proc, line):
         assert "serving charge@2, notify" in line
+        assert "concurrency 3" in line  # worker options come from [tool.ow-es] too
         assert await (await client.start("notify")).result(timeout=20) == "sent"
         await sigterm(proc)
 
