@@ -147,3 +147,37 @@ async def test_cli_verify_exits_1_naming_the_corrupted_row(
     assert "swapped in" in ok(await ainvoke("reproject", *args))
     assert await handle.result(timeout=1) == 10  # the repaired row
     assert "0 row(s) differ" in ok(await ainvoke("reproject", "--verify", *args))
+
+
+async def test_an_interrupted_rebuild_resumes(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any], monkeypatch: Any
+) -> None:
+    from ow_es import reproject as reproject_module
+
+    job = _define(ow)
+    await ow.connect()
+    async with running_worker(ow, concurrency=5):
+        for handle in [await job.start(i) for i in range(8)]:
+            await handle.result(timeout=20)
+    monkeypatch.setattr(reproject_module, "BATCH_SIZE", 10)
+    folded: list[int] = []
+
+    def crash_after_two_batches(count: int) -> None:
+        folded.append(count)
+        if len(folded) == 2:
+            raise KeyboardInterrupt  # like Ctrl-C in the middle of the rebuild
+
+    try:
+        await ow.reproject(progress=crash_after_two_batches)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the rebuild was not interrupted")
+    (cursor,) = _sql(db, "SELECT cursor FROM reproject_state")[0]
+    assert cursor not in ("0", "0:0")  # the checkpoint of the batches folded so far
+
+    report = await ow.reproject()
+    assert report.resumed and report.swapped
+    assert report.events == report.counts["events"] - sum(folded)  # only the rest was read
+    assert (await ow.reproject(verify=True)).differences == []
+    assert _sql(db, "SELECT count(*) FROM reproject_state") == [(0,)]

@@ -1,0 +1,71 @@
+"""The wake-up path: LISTEN/NOTIFY starts runs at once, survives a lost connection, and
+result() waits on it without holding pool connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+import ow_es
+from ow_es.store.postgres import channel_names
+from tests.helpers import running_worker
+
+
+async def test_listener_reconnects_after_its_connection_dies(
+    make_client: Any, db: dict[str, Any]
+) -> None:
+    if db["backend"] != "postgres":
+        pytest.skip("SQLite has no listener connection: workers poll it")
+    ow = await make_client()
+
+    @ow.workflow(name="echo")
+    async def echo(ctx: ow_es.Context, value: int) -> int:
+        return value
+
+    await ow.connect()
+    # A long fallback poll: only a notification can start a run quickly.
+    async with running_worker(ow, poll_interval="30s"):
+        first = await echo.start(1)
+        assert await first.result(timeout=5) == 1
+        _, done_channel = channel_names(db["schema"], "default")
+        with psycopg.connect(db["url"], autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                [f"%{done_channel}%"],
+            ).fetchall()
+        assert killed, "no listener connection found"
+        await asyncio.sleep(0.5)  # the listener notices and reconnects (backoff from 0.1 s)
+        began = time.perf_counter()
+        second = await echo.start(2)
+        assert await second.result(timeout=10) == 2
+        assert time.perf_counter() - began < 5  # woken by NOTIFY, not the 30 s poll
+
+
+async def test_a_thousand_result_waiters_hold_no_pool_connection(
+    make_client: Any,
+) -> None:
+    ow = await make_client(pool_size=4)
+
+    @ow.workflow(name="gate")
+    async def gate(ctx: ow_es.Context) -> str:
+        return await ctx.step.wait_for_signal("open") or "timeout"
+
+    await ow.connect()
+    async with running_worker(ow, concurrency=5):
+        handles = [await gate.start() for _ in range(5)]
+        waiters = [asyncio.create_task(handles[i % 5].result(timeout=60)) for i in range(1000)]
+        await asyncio.sleep(0.5)
+        # The pool (4 connections) still serves other calls while 1000 waiters wait.
+        async with asyncio.timeout(5):
+            assert len((await ow.list_runs(limit=10)).runs) == 5
+        for _ in range(50):
+            if len(await ow.send_signal("open", "go")) == 5:
+                break
+            await asyncio.sleep(0.1)
+        results = await asyncio.gather(*waiters)
+    assert results == ["go"] * 1000
