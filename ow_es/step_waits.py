@@ -1,0 +1,155 @@
+"""Durable waits: ``ctx.step.sleep`` / ``sleep_until``, ``wait_for_signal``, ``send_signal``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ow_es import events as ev
+from ow_es.durations import Duration, to_seconds, utcnow
+from ow_es.errors import ConcurrencyError, InvalidTransition
+from ow_es.payload import to_json_value
+from ow_es.store.base import AppendRequest
+from ow_es.unwind import Park, RunLost
+
+if TYPE_CHECKING:
+    from ow_es.executor import Execution
+
+
+async def sleep(
+    ex: Execution, name: str, *, duration: Duration | None = None, until: datetime | None = None
+) -> None:
+    ex.check_active()
+    name = ex.unique_name(name)
+    if name in ex.history.completed:
+        return
+    started = ex.history.started.get(name)
+    if started is not None and isinstance(started.input, dict):
+        wake = datetime.fromisoformat(started.input["until"])
+        started_at = ex.history.started_at[name]
+    else:
+        wake = (
+            until
+            if until is not None
+            else utcnow() + timedelta(seconds=to_seconds(duration or 0, "sleep duration"))
+        )
+        if wake.tzinfo is None:
+            raise ValueError("sleep_until needs a timezone-aware datetime")
+        appended = await ex.append(
+            [
+                ev.StepStarted(
+                    step_name=name,
+                    kind="sleep",
+                    attempt=1,
+                    input={"until": wake.isoformat()},
+                    worker_id=ex.settings.worker_id,
+                )
+            ]
+        )
+        started_at = appended.run.updated_at
+    if wake <= utcnow():
+        await ex.append(
+            [
+                ev.StepCompleted(
+                    step_name=name,
+                    kind="sleep",
+                    attempt=1,
+                    started_at=started_at,
+                    worker_id=ex.settings.worker_id,
+                )
+            ]
+        )
+        return
+    raise ex.parking(Park("sleep", name, wake))
+
+
+async def wait_for_signal(
+    ex: Execution, signal: str, *, timeout: Duration | None, name: str | None
+) -> Any:
+    ex.check_active()
+    name = ex.unique_name(name or signal)
+    completed = ex.history.completed.get(name)
+    if completed is not None:
+        return completed.output
+    received = ex.history.signals.get(name)
+    if received is not None:
+        return received.data
+    started = ex.history.started.get(name)
+    if started is None:
+        wake = (
+            None
+            if timeout is None
+            else utcnow() + timedelta(seconds=to_seconds(timeout, "timeout"))
+        )
+        appended = await ex.append(
+            [
+                ev.StepStarted(
+                    step_name=name,
+                    kind="signal_wait",
+                    attempt=1,
+                    signal_name=signal,
+                    input={"until": wake.isoformat() if wake else None},
+                    worker_id=ex.settings.worker_id,
+                )
+            ]
+        )
+        started_at = appended.run.updated_at
+    else:
+        raw = started.input.get("until") if isinstance(started.input, dict) else None
+        wake = datetime.fromisoformat(raw) if raw else None
+        started_at = ex.history.started_at[name]
+    if wake is not None and wake <= utcnow():
+        # expect=True: a signal delivered meanwhile makes this stale instead of lost.
+        await ex.append(
+            [
+                ev.StepCompleted(
+                    step_name=name,
+                    kind="signal_wait",
+                    attempt=1,
+                    output=None,
+                    signal_name=signal,
+                    started_at=started_at,
+                    worker_id=ex.settings.worker_id,
+                )
+            ],
+            expect=True,
+        )
+        return None
+    raise ex.parking(Park("signal", name, wake, signal=signal))
+
+
+async def send_signal(ex: Execution, signal: str, data: Any, *, name: str | None) -> list[str]:
+    ex.check_active()
+    name = ex.unique_name(name or f"send:{signal}")
+    completed = ex.history.completed.get(name)
+    if completed is not None:
+        return list(completed.output or [])
+    value = to_json_value(data, f"signal {signal!r} data", ex.settings.max_payload_bytes)
+    sender = AppendRequest(
+        run_id=ex.run.id,
+        claim_token=ex.token,
+        events=[
+            ev.StepCompleted(
+                step_name=name,
+                kind="signal_send",
+                attempt=1,
+                output=[],
+                signal_name=signal,
+                started_at=utcnow(),
+                worker_id=ex.settings.worker_id,
+            )
+        ],
+    )
+    try:
+        delivered = await ex.tracked(
+            ex.settings.store.run(
+                "sending a signal",
+                lambda tx: tx.deliver_signal(signal, value, None, sender=sender, sender_step=name),
+            )
+        )
+    except (ConcurrencyError, InvalidTransition):
+        raise RunLost() from None
+    run = await ex.settings.store.get_run(ex.run.id)
+    if run is not None:
+        ex.seq = max(ex.seq, run.seq)
+    return list(delivered)
