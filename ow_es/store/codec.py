@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,12 +11,39 @@ import msgspec
 
 from ow_es.errors import ValidationError
 from ow_es.events import EVENT_TYPES, decode_data, to_dict
-from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.projections import Recorded
 
 _encoder = msgspec.json.Encoder()
 JSON_RUN_COLUMNS = frozenset({"input", "output", "error", "waiting_for"})
 JSON_STEP_COLUMNS = frozenset({"input", "output", "error"})
+
+
+_RUN_JSON = [i for i, c in enumerate(RUN_COLUMNS) if c in JSON_RUN_COLUMNS]
+_RUN_TIMES = [i for i, c in enumerate(RUN_COLUMNS) if c.endswith(("_at", "_until"))]
+_STEP_JSON = [i for i, c in enumerate(STEP_COLUMNS) if c in JSON_STEP_COLUMNS]
+_STEP_TIMES = [i for i, c in enumerate(STEP_COLUMNS) if c.endswith("_at")]
+
+
+def _values(
+    row: msgspec.Struct, json: list[int], times: list[int], time: Callable[[Any], Any] | None
+) -> tuple[Any, ...]:
+    values = list(msgspec.structs.astuple(row))
+    for index in json:
+        values[index] = dumps_or_null(values[index])
+    if time is not None:
+        for index in times:
+            values[index] = time(values[index])
+    return tuple(values)
+
+
+def run_values(run: WorkflowRun, time: Callable[[Any], Any] | None = None) -> tuple[Any, ...]:
+    """A run row as statement parameters in column order (JSON encoded; times via ``time``)."""
+    return _values(run, _RUN_JSON, _RUN_TIMES, time)
+
+
+def step_values(step: StepAttempt, time: Callable[[Any], Any] | None = None) -> tuple[Any, ...]:
+    return _values(step, _STEP_JSON, _STEP_TIMES, time)
 
 
 def dumps(value: Any) -> str:

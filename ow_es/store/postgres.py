@@ -47,32 +47,7 @@ def _lock_key(purpose: str, schema: str) -> int:
 
 
 def _run_params(run: WorkflowRun) -> tuple[Any, ...]:
-    d = codec.dumps_or_null
-    return (
-        run.namespace_id,
-        run.id,
-        run.workflow_name,
-        run.version,
-        run.status,
-        d(run.input),
-        d(run.output),
-        d(run.error),
-        run.attempts,
-        run.idempotency_key,
-        run.parent_run_id,
-        run.parent_step_name,
-        run.worker_id,
-        run.claim_token,
-        run.lease_until,
-        run.available_at,
-        run.deadline_at,
-        d(run.waiting_for),
-        run.seq,
-        run.created_at,
-        run.started_at,
-        run.finished_at,
-        run.updated_at,
-    )
+    return codec.run_values(run)
 
 
 def _insert_params(run: WorkflowRun) -> tuple[Any, ...]:
@@ -87,22 +62,7 @@ def _update_params(run: WorkflowRun) -> tuple[Any, ...]:
 
 
 def _step_params(step: StepAttempt) -> tuple[Any, ...]:
-    d = codec.dumps_or_null
-    return (
-        step.namespace_id,
-        step.run_id,
-        step.step_name,
-        step.attempt,
-        step.kind,
-        step.status,
-        d(step.input),
-        d(step.output),
-        d(step.error),
-        step.child_run_id,
-        step.signal_name,
-        step.started_at,
-        step.finished_at,
-    )
+    return codec.step_values(step)
 
 
 def _wrap(exc: psycopg.Error, what: str) -> OwEsError:

@@ -48,51 +48,11 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _run_params(run: WorkflowRun) -> tuple[Any, ...]:
-    d = codec.dumps_or_null
-    return (
-        run.namespace_id,
-        run.id,
-        run.workflow_name,
-        run.version,
-        run.status,
-        d(run.input),
-        d(run.output),
-        d(run.error),
-        run.attempts,
-        run.idempotency_key,
-        run.parent_run_id,
-        run.parent_step_name,
-        run.worker_id,
-        run.claim_token,
-        ts(run.lease_until),
-        ts(run.available_at),
-        ts(run.deadline_at),
-        d(run.waiting_for),
-        run.seq,
-        ts(run.created_at),
-        ts(run.started_at),
-        ts(run.finished_at),
-        ts(run.updated_at),
-    )
+    return codec.run_values(run, ts)
 
 
 def _step_params(step: StepAttempt) -> tuple[Any, ...]:
-    d = codec.dumps_or_null
-    return (
-        step.namespace_id,
-        step.run_id,
-        step.step_name,
-        step.attempt,
-        step.kind,
-        step.status,
-        d(step.input),
-        d(step.output),
-        d(step.error),
-        step.child_run_id,
-        step.signal_name,
-        ts(step.started_at),
-        ts(step.finished_at),
-    )
+    return codec.step_values(step, ts)
 
 
 class _Shared:

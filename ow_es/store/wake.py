@@ -48,12 +48,7 @@ class Waiter:
 
     async def wait(self, timeout: float) -> bool:
         """True when woken (the run may have finished), False on timeout."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
-        woken = self._event.is_set()
-        self._event.clear()
-        return woken
+        return await _consume(self._event, timeout)
 
     def close(self) -> None:
         self._owner.discard(self.run_id, self._event)
@@ -69,10 +64,15 @@ class ReadySignal:
         self._event.set()
 
     async def wait(self, timeout: float) -> bool:
-        if not self._event.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._event.wait()
-        woken = self._event.is_set()
-        self._event.clear()
-        return woken
+        return await _consume(self._event, timeout)
+
+
+async def _consume(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``event``; True if it was set. Clears it for the next wait."""
+    if not event.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+    woken = event.is_set()
+    event.clear()
+    return woken
