@@ -13,7 +13,7 @@ from ow_es import events as ev
 from ow_es.durations import Duration, to_datetime, utcnow
 from ow_es.errors import ConfigError, InvalidTransition, RunNotFound, ValidationError
 from ow_es.handle import RunHandle
-from ow_es.models import Event, RunPage, RunState
+from ow_es.models import RUN_STATUSES, Event, RunPage, RunState
 from ow_es.payload import to_json_value
 from ow_es.projections import fold_run
 from ow_es.reproject import Report, rebuild
@@ -213,6 +213,10 @@ class OpenWorkflow:
     ) -> RunPage:
         if not 1 <= limit <= 1000:
             raise ValidationError("limit must be between 1 and 1000")
+        if status is not None and status not in RUN_STATUSES:
+            raise ValidationError(
+                f"unknown status {status!r}: use one of {', '.join(RUN_STATUSES)}"
+            )
         return await self.store.list_runs(
             status=status, workflow_name=workflow_name, limit=limit, cursor=cursor
         )

@@ -409,3 +409,9 @@ async def test_list_runs_pages_through_runs_created_at_the_same_instant(
         if cursor is None:
             break
     assert seen == sorted((r.run_id for r in requests), reverse=True)
+
+
+async def test_list_runs_rejects_an_unknown_status(ow: ow_es.OpenWorkflow) -> None:
+    await ow.connect()
+    with pytest.raises(ow_es.ValidationError, match="unknown status 'finished'"):
+        await ow.list_runs(status="finished")
