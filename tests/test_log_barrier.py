@@ -59,3 +59,33 @@ async def test_reader_waits_for_a_held_transaction(pg_url: str) -> None:
             await client.close()
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def test_log_reads_follow_the_xid_order_index(pg_url: str) -> None:
+    """Sorting by the text form of tx_id would put 1000000 before 999999 (skipping events when
+    xids gain a digit), and could not walk the (tx_id, position) index."""
+    import uuid
+
+    import psycopg
+
+    from ow_es.store.postgres import Q
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    client = await ow_es.connect(pg_url, schema=schema)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{schema}"')
+            for name in ("read_log", "read_log_unguarded"):
+                plan = "\n".join(
+                    row[0]
+                    for row in conn.execute(
+                        f"EXPLAIN {Q[name]}",
+                        {"tx": "0", "pos": 0, "ns": "default", "limit": 10},
+                    )
+                )
+                sort_keys = [line for line in plan.splitlines() if "Sort Key:" in line]
+                assert all("text" not in line for line in sort_keys), plan
+    finally:
+        await client.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -43,7 +43,7 @@ _UPSERT_STEP = _upsert(
 )
 _READ = """
 SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at,
-       tx_id::text AS tx_id
+       tx_id::text AS tx_text
 FROM events
 WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s) {barrier}
 ORDER BY tx_id, position
@@ -64,9 +64,9 @@ class PgRebuildTx:
         await cur.execute(cast(Any, query), {"tx": tx, "pos": int(pos), "limit": limit})
         rows = await cur.fetchall()
         if rows:
-            cursor = f"{rows[-1]['tx_id']}:{rows[-1]['position']}"
+            cursor = f"{rows[-1]['tx_text']}:{rows[-1]['position']}"
         for row in rows:
-            del row["tx_id"]
+            del row["tx_text"]
         return [codec.event_from_row(r) for r in rows], cursor
 
     async def load_runs(self, keys: list[RunKey]) -> dict[RunKey, WorkflowRun]:

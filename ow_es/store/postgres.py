@@ -329,9 +329,9 @@ class PostgresStore:
         )
         cursor = after
         if rows:
-            cursor = f"{rows[-1]['tx_id']}:{rows[-1]['position']}"
+            cursor = f"{rows[-1]['tx_text']}:{rows[-1]['position']}"
         for row in rows:
-            del row["tx_id"]
+            del row["tx_text"]
         return LogBatch(events=[codec.event_from_row(r) for r in rows], cursor=cursor)
 
     async def count_runs(self) -> dict[tuple[str, str], int]:

@@ -117,8 +117,9 @@ ORDER BY seq
 
 -- name: read_log
 -- Only events below the oldest transaction still in progress: nothing can commit behind them.
+-- Ordered by the xid8 column itself (the text alias would sort 1000000 before 999999).
 SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at,
-       tx_id::text AS tx_id
+       tx_id::text AS tx_text
 FROM events
 WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -129,7 +130,7 @@ LIMIT %(limit)s
 -- name: read_log_unguarded
 -- Only where no append can be in flight (under the reproject gate).
 SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at,
-       tx_id::text AS tx_id
+       tx_id::text AS tx_text
 FROM events
 WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s) AND namespace_id = %(ns)s
 ORDER BY tx_id, position
