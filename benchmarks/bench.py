@@ -1,12 +1,13 @@
 """ow-es benchmark: throughput, latency, per-step cost, and the raw floor of the same database.
 
     python benchmarks/bench.py --database-url postgresql://postgres@127.0.0.1:5432/test \
-        [--only a,b,c,d] [--json-out results.json]
+        [--only a,b,c,d,e] [--json-out results.json]
 
 (a) throughput: runs of a 4-step no-op workflow, all started first, then drained by one worker
     process (concurrency 100); (b) enqueue -> first step latency at a steady rate on an idle
     worker process; (c) one run of many sequential no-op steps; (d) the floor: bare psycopg on
-    the same database (job queue with SKIP LOCKED, insert+commit, LISTEN/NOTIFY). Everything
+    the same database (job queue with SKIP LOCKED, insert+commit, LISTEN/NOTIFY); (e) how fast
+    ``reproject()`` folds a sizeable event log into fresh projections. Everything
     lives in a fresh schema ``bench_<random>`` dropped at the end; durability is never lowered.
 """
 
@@ -30,12 +31,13 @@ from typing import Any
 import floor
 import phases
 import psycopg
+import rebuild
 import report
 from psycopg import sql
 
 import ow_es
 
-PHASES = ("a", "b", "c", "d")
+PHASES = ("a", "b", "c", "d", "e")
 
 
 def timeouts(args: argparse.Namespace) -> dict[str, float]:
@@ -46,6 +48,7 @@ def timeouts(args: argparse.Namespace) -> dict[str, float]:
         "b": 60 + paced * 2,
         "c": 60 + args.steps * 0.05,
         "d": 120 + paced * 2,
+        "e": 120 + args.rebuild_events * 0.003,
     }
 
 
@@ -56,7 +59,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--database-url",
         default=os.environ.get("OW_ES_DATABASE_URL"),
-        help="postgresql://... (all phases) or sqlite:///file.db ((a)-(c) only); "
+        help="postgresql://... (all phases) or sqlite:///file.db ((a)-(c) and (e)); "
         "env OW_ES_DATABASE_URL",
     )
     parser.add_argument("--only", default=",".join(PHASES), help="phases to run, e.g. a,d")
@@ -65,6 +68,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--latency-runs", type=int, default=200, help="(b) runs to time")
     parser.add_argument("--rate", type=float, default=20.0, help="(b) runs started per second")
     parser.add_argument("--steps", type=int, default=1000, help="(c) sequential steps")
+    parser.add_argument(
+        "--rebuild-events", type=int, default=200_000, help="(e) events to write, then rebuild"
+    )
+    parser.add_argument(
+        "--rebuild-steps", type=int, default=10, help="(e) steps per run of that log"
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="run each phase N times, report the median"
     )
@@ -77,6 +86,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.rebuild_events < 1 or args.rebuild_steps < 0:
+        parser.error("--rebuild-events must be positive and --rebuild-steps not negative")
     if unknown := set(args.only) - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     return args
@@ -155,9 +166,15 @@ def describe(target: phases.Target, settings: dict[str, Any]) -> dict[str, Any]:
 # -- phases ---------------------------------------------------------------------------------------
 
 
-_FIELDS = {"a": "throughput", "b": "latency", "c": "sequential", "d": "floor"}
+_FIELDS = {"a": "throughput", "b": "latency", "c": "sequential", "d": "floor", "e": "rebuild"}
 # The figure a phase is judged by: with --repeat, the repetition with its median is reported.
-HEADLINES = {"a": "workflows_per_s", "b": "p50_ms", "c": "ms_per_step", "d": "jobs_per_s"}
+HEADLINES = {
+    "a": "workflows_per_s",
+    "b": "p50_ms",
+    "c": "ms_per_step",
+    "d": "jobs_per_s",
+    "e": "events_per_s",
+}
 
 Measure = Callable[[str], Awaitable[Any]]
 
@@ -203,6 +220,13 @@ async def run_all(args: argparse.Namespace, target: phases.Target) -> report.Rep
         "c": lambda ns: phases.sequential(target, ns, steps=args.steps),
         "d": lambda _: floor.measure(
             target.url, target.schema, paced_runs=args.latency_runs, rate=args.rate
+        ),
+        "e": lambda ns: rebuild.measure(
+            target,
+            ns,
+            events=args.rebuild_events,
+            steps=args.rebuild_steps,
+            progress=progress,
         ),
     }
     for phase in PHASES:

@@ -13,6 +13,7 @@ TARGET_WORKFLOWS_PER_S = 1000.0
 TARGET_LATENCY_P50_MS = 3.0
 TARGET_LATENCY_P99_MS = 10.0
 TARGET_MS_PER_STEP = 0.5
+TARGET_REBUILD_EVENTS_PER_S = 50_000.0
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -93,12 +94,35 @@ class Floor:
 
 
 @dataclass
+class Rebuild:
+    """(e) ``reproject()`` folding the whole event log of the schema into fresh projections."""
+
+    runs: int  # runs this phase wrote, each of steps_per_run steps
+    steps_per_run: int
+    events_built: int  # events this phase wrote (steps_per_run + 3 per run)
+    build_seconds: float  # writing them through the store API
+    build_events_per_s: float
+    log_events: int  # the whole log (earlier phases included), counted before the rebuild
+    events: int  # events folded by reproject() (report.events)
+    seconds: float  # reproject(): rebuild, indexes, gate, catch-up, swap
+    events_per_s: float
+    gate_ms: float  # the exclusive append gate held (report.gate_seconds)
+    gate_attempts: int
+    verify_events: int  # reproject(verify=True): rebuild, then diff under the gate, discard
+    verify_seconds: float
+    verify_events_per_s: float
+    verify_gate_ms: float
+    verify_differences: int  # rows the verify found differing (expected 0)
+
+
+@dataclass
 class Report:
     server: dict[str, Any]
     throughput: Throughput | None = None
     latency: Latency | None = None
     sequential: Sequential | None = None
     floor: Floor | None = None
+    rebuild: Rebuild | None = None
     errors: dict[str, str] = field(default_factory=dict)
     repeats: dict[str, list[float]] = field(default_factory=dict)  # headline of each repetition
 
@@ -127,6 +151,9 @@ class Report:
             "latency_p50_ms": _target(_v(b, "p50_ms"), "<=", TARGET_LATENCY_P50_MS),
             "latency_p99_ms": _target(_v(b, "p99_ms"), "<=", TARGET_LATENCY_P99_MS),
             "ms_per_step": _target(_v(c, "ms_per_step"), "<=", TARGET_MS_PER_STEP),
+            "rebuild_events_per_s": _target(
+                _v(self.rebuild, "events_per_s"), ">=", TARGET_REBUILD_EVENTS_PER_S
+            ),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -139,6 +166,7 @@ class Report:
             "latency": record(self.latency),
             "sequential": record(self.sequential),
             "floor": record(self.floor),
+            "rebuild": record(self.rebuild),
             "ratios": self.ratios(),
             "targets": self.targets(),
             "repeats": self.repeats,
@@ -320,6 +348,39 @@ def _floor_rows(d: Floor) -> list[Row]:
     ]
 
 
+def _rate(per_s: float, count: int, seconds: float) -> str:
+    return f"{_num(per_s, 0)} ({count:,} in {_num(seconds, 3)} s)"
+
+
+def _rebuild_rows(e: Rebuild) -> list[Row]:
+    target = _target(e.events_per_s, ">=", TARGET_REBUILD_EVENTS_PER_S)
+    return [
+        (
+            "(e) reproject() events/s",
+            _num(e.events_per_s, 0),
+            "",
+            "",
+            target["target"],
+            _met(target),
+        ),
+        _info("(e) events folded / seconds", f"{e.events:,} / {_num(e.seconds, 3)}"),
+        _info("(e) events in the log (all phases)", f"{e.log_events:,}"),
+        _info("(e) append gate held ms (attempts)", f"{_num(e.gate_ms)} ({e.gate_attempts})"),
+        _info(
+            "(e) reproject(verify=True) events/s",
+            _rate(e.verify_events_per_s, e.verify_events, e.verify_seconds),
+        ),
+        _info(
+            "(e) verify: gate held ms / rows differing",
+            f"{_num(e.verify_gate_ms)} / {e.verify_differences}",
+        ),
+        _info(
+            f"(e) log built: {e.runs:,} runs x {e.steps_per_run} steps, events/s",
+            _rate(e.build_events_per_s, e.events_built, e.build_seconds),
+        ),
+    ]
+
+
 def _rows(report: Report) -> list[Row]:
     d, ratios = report.floor, report.ratios()
     rows: list[Row] = []
@@ -331,6 +392,8 @@ def _rows(report: Report) -> list[Row]:
         rows += _sequential_rows(report.sequential, d, ratios)
     if d is not None:
         rows += _floor_rows(d)
+    if report.rebuild is not None:
+        rows += _rebuild_rows(report.rebuild)
     return rows
 
 

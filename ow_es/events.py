@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import msgspec
 
 
-class EventData(msgspec.Struct, kw_only=True, omit_defaults=False):
+class EventData(msgspec.Struct, kw_only=True, gc=False):
     TYPE: ClassVar[str] = ""
     SCHEMA_VERSION: ClassVar[int] = 1
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ow_es.errors import OwEsError
-from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
-from ow_es.projections import apply_run, step_row
-from ow_es.store.codec import recorded_from_event
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, StepAttempt, WorkflowRun
+from ow_es.projections import Recorded, apply_run, step_row
 
 log = logging.getLogger("ow_es.reproject")
 
@@ -34,7 +33,7 @@ COMPARED: dict[str, list[str]] = {
     "workflow_runs": [c for c in RUN_COLUMNS if c != "lease_until"],
     "step_attempts": list(STEP_COLUMNS),
 }
-BATCH_SIZE = 5000
+BATCH_SIZE = 20_000  # events per rebuild transaction
 CACHE_LIMIT = 200_000
 
 
@@ -43,7 +42,7 @@ class GateBusy(OwEsError):
 
 
 class RebuildTx(Protocol):
-    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Event], str]:
+    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Recorded], str]:
         """Log events after ``cursor`` in log order (all namespaces) and the next cursor."""
         ...
 
@@ -110,9 +109,9 @@ class _Folder:
 
     def __init__(self) -> None:
         self.cache: dict[RunKey, WorkflowRun] = {}
-        self.pending: dict[RunKey, dict[int, Event]] = {}
+        self.pending: dict[RunKey, dict[int, Recorded]] = {}
 
-    async def apply(self, tx: RebuildTx, events: list[Event], cursor: str) -> None:
+    async def apply(self, tx: RebuildTx, events: list[Recorded], cursor: str) -> None:
         missing = {(e.namespace_id, e.run_id) for e in events} - self.cache.keys()
         if missing:
             self.cache.update(await tx.load_runs(sorted(missing)))
@@ -138,7 +137,7 @@ class _Folder:
         waiting = self.pending[key]
         run = self.cache.get(key)
         while (next_seq := (run.seq + 1 if run else 1)) in waiting:
-            rec = recorded_from_event(waiting.pop(next_seq))
+            rec = waiting.pop(next_seq)
             run = apply_run(run, rec)
             step = step_row(rec)
             if step is not None:

@@ -9,7 +9,7 @@ import msgspec
 from ow_es.events import EventData
 
 
-class Recorded(msgspec.Struct, kw_only=True):
+class Recorded(msgspec.Struct, kw_only=True, gc=False):
     namespace_id: str
     run_id: str
     seq: int

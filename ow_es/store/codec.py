@@ -76,6 +76,26 @@ def recorded_from_event(event: Event) -> Recorded:
     )
 
 
+def recorded_from_json(
+    namespace_id: str,
+    run_id: str,
+    seq: int,
+    event_type: str,
+    schema_version: int,
+    data: str | bytes,
+    created_at: datetime,
+) -> Recorded:
+    """A stored event straight from its JSON text: decoded once, into its own type."""
+    cls = EVENT_TYPES[event_type]
+    if schema_version == cls.SCHEMA_VERSION:
+        typed = msgspec.json.decode(data, type=cls)
+    else:
+        typed = decode_data(event_type, schema_version, msgspec.json.decode(data))
+    return Recorded(
+        namespace_id=namespace_id, run_id=run_id, seq=seq, created_at=created_at, data=typed
+    )
+
+
 def current_shape(event: Event) -> Event:
     """The event with its data upcast to the current schema version of its type."""
     cls = EVENT_TYPES[event.type]

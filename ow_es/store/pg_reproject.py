@@ -11,7 +11,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, StepAttempt, WorkflowRun
+from ow_es.projections import Recorded
 from ow_es.reproject import COMPARED, TABLES, Difference, GateBusy, RunKey
 from ow_es.store import codec
 from ow_es.store.postgres import PostgresStore, _run_params, _step_params
@@ -35,6 +36,24 @@ def _upsert(
     )
 
 
+def _upsert_from_stage(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.Composed:
+    updates = [
+        sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
+        for c in columns
+        if c not in key
+    ]
+    return sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.Identifier(f"{table}_rebuild"),
+        sql.Identifier(f"ow_es_stage_{table}"),
+        sql.SQL(", ").join(map(sql.Identifier, key)),
+        sql.SQL(", ").join(updates),
+    )
+
+
+_UPSERT_FROM_STAGE = {
+    "workflow_runs": _upsert_from_stage("workflow_runs", RUN_COLUMNS, TABLES["workflow_runs"]),
+    "step_attempts": _upsert_from_stage("step_attempts", STEP_COLUMNS, TABLES["step_attempts"]),
+}
 _UPSERT_RUN = _upsert(
     "workflow_runs_rebuild", RUN_COLUMNS, ("namespace_id", "id"), codec.JSON_RUN_COLUMNS
 )
@@ -42,8 +61,8 @@ _UPSERT_STEP = _upsert(
     "step_attempts_rebuild", STEP_COLUMNS, TABLES["step_attempts"], codec.JSON_STEP_COLUMNS
 )
 _READ = """
-SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at,
-       tx_id::text AS tx_text
+SELECT namespace_id, run_id, seq, type, schema_version, data::text, created_at,
+       tx_id::text AS tx_text, position
 FROM events
 WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s) {barrier}
 ORDER BY tx_id, position
@@ -57,17 +76,14 @@ class PgRebuildTx:
         self.conn = conn
         self._gate_key = gate_key
 
-    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Event], str]:
+    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Recorded], str]:
         tx, _, pos = cursor.partition(":")
-        cur = self.conn.cursor(row_factory=dict_row)
         query = _READ.format(barrier=_BARRIER if barrier else "")
-        await cur.execute(cast(Any, query), {"tx": tx, "pos": int(pos), "limit": limit})
+        cur = await self.conn.execute(cast(Any, query), {"tx": tx, "pos": int(pos), "limit": limit})
         rows = await cur.fetchall()
         if rows:
-            cursor = f"{rows[-1]['tx_text']}:{rows[-1]['position']}"
-        for row in rows:
-            del row["tx_text"]
-        return [codec.event_from_row(r) for r in rows], cursor
+            cursor = f"{rows[-1][7]}:{rows[-1][8]}"
+        return [codec.recorded_from_json(*row[:7]) for row in rows], cursor
 
     async def load_runs(self, keys: list[RunKey]) -> dict[RunKey, WorkflowRun]:
         cur = self.conn.cursor(row_factory=dict_row)
@@ -80,13 +96,26 @@ class PgRebuildTx:
         return {(r.namespace_id, r.id): r for r in runs}
 
     async def write(self, runs: list[WorkflowRun], steps: list[StepAttempt], cursor: str) -> None:
-        async with self.conn.pipeline():
-            cur = self.conn.cursor()
-            if runs:
-                await cur.executemany(_UPSERT_RUN, [_run_params(r) for r in runs])
-            if steps:
-                await cur.executemany(_UPSERT_STEP, [_step_params(s) for s in steps])
-            await cur.execute("UPDATE reproject_state SET cursor = %s", [cursor])
+        """COPY the batch's rows into session staging tables, then upsert each table in one
+        statement (a statement per row is what made this slow)."""
+        await self._stage("workflow_runs", [_run_params(r) for r in runs])
+        await self._stage("step_attempts", [_step_params(s) for s in steps])
+        await self.conn.execute("UPDATE reproject_state SET cursor = %s", [cursor])
+
+    async def _stage(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        stage = sql.Identifier(f"ow_es_stage_{table}")
+        await self.conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
+                " ON COMMIT DELETE ROWS"
+            ).format(stage, sql.Identifier(f"{table}_rebuild"))
+        )
+        async with self.conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(stage)) as copy:
+            for row in rows:
+                await copy.write_row(row)
+        await self.conn.execute(_UPSERT_FROM_STAGE[table])
 
     async def swap(self) -> None:
         await self.conn.execute(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
 
-from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, Event, StepAttempt, WorkflowRun
+from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, StepAttempt, WorkflowRun
+from ow_es.projections import Recorded
 from ow_es.reproject import COMPARED, TABLES, Difference, RunKey
 from ow_es.store import codec
 from ow_es.store.sqlite import SqliteStore, _row, _run_params, _step_params
@@ -32,15 +34,22 @@ class SqliteRebuildTx:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
 
-    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Event], str]:
+    async def read(self, cursor: str, limit: int, *, barrier: bool) -> tuple[list[Recorded], str]:
         # Writers are serialised, so positions commit in order: no barrier needed.
-        rows = await self.conn.execute_fetchall(
-            "SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at"
-            " FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (int(cursor), limit),
+        rows = list(
+            await self.conn.execute_fetchall(
+                "SELECT namespace_id, run_id, seq, type, schema_version, data, created_at,"
+                " position FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                (int(cursor), limit),
+            )
         )
-        events = [codec.event_from_row(_row(r)) for r in rows]
-        return events, str(events[-1].position) if events else cursor
+        events = [
+            codec.recorded_from_json(
+                row[0], row[1], row[2], row[3], row[4], row[5], datetime.fromisoformat(row[6])
+            )
+            for row in rows
+        ]
+        return events, str(rows[-1][7]) if rows else cursor
 
     async def load_runs(self, keys: list[RunKey]) -> dict[RunKey, WorkflowRun]:
         rows = await self.conn.execute_fetchall(
