@@ -65,6 +65,20 @@ class GateTx(RebuildTx, Protocol):
         ...
 
 
+class Frozen(Protocol):
+    """The append gate held across transactions, for a consistent verify."""
+
+    def batch(self) -> AbstractAsyncContextManager[RebuildTx]:
+        """A transaction whose writes commit while the gate stays held."""
+        ...
+
+    released_at: float | None  # loop time when appends could go on again
+
+    async def diff_after_release(self) -> list[Difference]:
+        """Fix a snapshot, let appends go on, then compare shadow and live tables in it."""
+        ...
+
+
 class Rebuilder(Protocol):
     async def counts(self) -> dict[str, int]: ...
 
@@ -72,9 +86,15 @@ class Rebuilder(Protocol):
         """Create the shadow tables, or find an interrupted rebuild: (cursor, resumed)."""
         ...
 
+    async def read(self, cursor: str, limit: int) -> tuple[list[Recorded], str]:
+        """Like ``RebuildTx.read`` behind the barrier, on a connection of its own."""
+        ...
+
     def batch(self) -> AbstractAsyncContextManager[RebuildTx]: ...
 
     def gate(self, lock_timeout: float) -> AbstractAsyncContextManager[GateTx]: ...
+
+    def frozen(self, lock_timeout: float) -> AbstractAsyncContextManager[Frozen]: ...
 
     async def build_indexes(self) -> None: ...
 
@@ -158,18 +178,25 @@ async def _catch_up(
     cursor: str,
     progress: Callable[[int], None],
 ) -> tuple[str, int]:
-    """Fold the log behind the barrier, one short transaction per batch."""
+    """Fold the log behind the barrier, one short transaction per batch; the next batch is
+    read while this one is folded and written."""
     total = 0
-    while True:
-        async with rebuilder.batch() as tx:
-            events, next_cursor = await tx.read(cursor, BATCH_SIZE, barrier=True)
+    reading = asyncio.ensure_future(rebuilder.read(cursor, BATCH_SIZE))
+    try:
+        while True:
+            events, next_cursor = await reading
+            if len(events) == BATCH_SIZE:
+                reading = asyncio.ensure_future(rebuilder.read(next_cursor, BATCH_SIZE))
             if events:
-                await folder.apply(tx, events, next_cursor)
-        total += len(events)
-        progress(len(events))
-        cursor = next_cursor
-        if len(events) < BATCH_SIZE:
-            return cursor, total
+                async with rebuilder.batch() as tx:
+                    await folder.apply(tx, events, next_cursor)
+            total += len(events)
+            progress(len(events))
+            cursor = next_cursor
+            if len(events) < BATCH_SIZE:
+                return cursor, total
+    finally:
+        reading.cancel()
 
 
 async def _under_gate(
@@ -206,17 +233,15 @@ async def rebuild(
         report.gate_attempts += 1
         started = loop.time()
         try:
-            async with rebuilder.gate(lock_timeout) as gate:
-                report.events += await _under_gate(gate, folder, cursor, progress)
-                if folder.gaps():
-                    raise OwEsError("the log has gaps: " + "; ".join(folder.gaps()[:5]))
-                if verify:
-                    # Compare under the gate: the live tables cannot move meanwhile.
-                    report.differences = await gate.diff()
-                else:
+            if verify:
+                await _verify(rebuilder, folder, cursor, progress, report, lock_timeout, started)
+            else:
+                async with rebuilder.gate(lock_timeout) as gate:
+                    report.events += await _under_gate(gate, folder, cursor, progress)
+                    _check_gaps(folder)
                     await gate.swap()
                     report.swapped = True
-            report.gate_seconds = loop.time() - started
+                report.gate_seconds = loop.time() - started
             break
         except GateBusy:
             if report.gate_attempts >= max_gate_attempts:
@@ -230,3 +255,28 @@ async def rebuild(
     if verify:
         await rebuilder.discard()
     return report
+
+
+def _check_gaps(folder: _Folder) -> None:
+    if folder.gaps():
+        raise OwEsError("the log has gaps: " + "; ".join(folder.gaps()[:5]))
+
+
+async def _verify(
+    rebuilder: Rebuilder,
+    folder: _Folder,
+    cursor: str,
+    progress: Callable[[int], None],
+    report: Report,
+    lock_timeout: float,
+    started: float,
+) -> None:
+    """Catch up under the gate, then diff in a snapshot taken before the gate is let go: the
+    comparison is consistent, yet appends wait only for the catch-up, not the diff."""
+    loop = asyncio.get_running_loop()
+    async with rebuilder.frozen(lock_timeout) as frozen:
+        async with frozen.batch() as tx:
+            report.events += await _under_gate(tx, folder, cursor, progress)
+        _check_gaps(folder)
+        report.differences = await frozen.diff_after_release()
+        report.gate_seconds = (frozen.released_at or loop.time()) - started

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 
 import psycopg
@@ -242,6 +243,10 @@ class PostgresRebuilder:
             await conn.execute("INSERT INTO reproject_state (id, cursor) VALUES (1, '0:0')")
             return "0:0", False
 
+    async def read(self, cursor: str, limit: int) -> tuple[list[Recorded], str]:
+        async with self.store._conn("reading the log") as conn:
+            return await PgRebuildTx(conn, self.store._gate_key).read(cursor, limit, barrier=True)
+
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[PgRebuildTx]:
         async with self._tx() as conn:
@@ -278,10 +283,53 @@ class PostgresRebuilder:
             except psycopg.errors.LockNotAvailable:
                 raise GateBusy("a table lock was not granted in time") from None
 
+    @asynccontextmanager
+    async def frozen(self, lock_timeout: float) -> AsyncIterator[PgFrozen]:
+        """The gate as a session-level lock on a connection of its own, so it outlives the
+        catch-up transaction; always unlocked before the connection goes back to the pool."""
+        async with self.store._conn("verifying") as conn:
+            await conn.execute(f"SET lock_timeout = '{int(lock_timeout * 1000)}ms'")
+            try:
+                await conn.execute("SELECT pg_advisory_lock(%s)", [self.store._gate_key])
+            except psycopg.errors.LockNotAvailable:
+                raise GateBusy("the append gate is busy") from None
+            finally:
+                await conn.execute("RESET lock_timeout")
+            frozen = PgFrozen(self, conn)
+            try:
+                yield frozen
+            finally:
+                await frozen.release()
+
     async def discard(self) -> None:
         async with self._tx() as conn:
             await conn.execute("DROP TABLE IF EXISTS workflow_runs_rebuild, step_attempts_rebuild")
             await conn.execute("DELETE FROM reproject_state")
+
+
+class PgFrozen:
+    def __init__(
+        self, rebuilder: PostgresRebuilder, lock_conn: psycopg.AsyncConnection[Any]
+    ) -> None:
+        self._rebuilder = rebuilder
+        self._lock_conn = lock_conn
+        self.released_at: float | None = None
+
+    def batch(self) -> AbstractAsyncContextManager[PgRebuildTx]:
+        return self._rebuilder.batch()
+
+    async def release(self) -> None:
+        if self.released_at is None:
+            key = self._rebuilder.store._gate_key
+            await self._lock_conn.execute("SELECT pg_advisory_unlock(%s)", [key])
+            self.released_at = asyncio.get_running_loop().time()
+
+    async def diff_after_release(self) -> list[Difference]:
+        async with self._rebuilder.store._conn("verifying") as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await conn.execute("SELECT 1")  # the snapshot is taken here, appends still held
+            await self.release()
+            return await PgRebuildTx(conn, self._rebuilder.store._gate_key).diff()
 
 
 async def _index_names(conn: psycopg.AsyncConnection[Any], table: str) -> list[str]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -120,6 +121,21 @@ class SqliteRebuildTx:
         return Difference(table, values, [c for c in COMPARED[table] if live[c] != rebuilt[c]])
 
 
+class SqliteFrozen:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._tx = SqliteRebuildTx(conn)
+        self.released_at: float | None = None
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[SqliteRebuildTx]:
+        yield self._tx
+
+    async def diff_after_release(self) -> list[Difference]:
+        differences = await self._tx.diff()
+        self.released_at = asyncio.get_running_loop().time()
+        return differences
+
+
 class SqliteRebuilder:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
@@ -165,6 +181,11 @@ class SqliteRebuilder:
             )
             return "0", False
 
+    async def read(self, cursor: str, limit: int) -> tuple[list[Recorded], str]:
+        # Positions commit in order on SQLite: the reader connection needs no barrier.
+        conn = self.store._require(self.store._reader)
+        return await SqliteRebuildTx(conn).read(cursor, limit, barrier=True)
+
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[SqliteRebuildTx]:
         async with self._tx() as conn:
@@ -177,6 +198,12 @@ class SqliteRebuilder:
     async def gate(self, lock_timeout: float) -> AsyncIterator[SqliteRebuildTx]:
         async with self._tx() as conn:
             yield SqliteRebuildTx(conn)
+
+    @asynccontextmanager
+    async def frozen(self, lock_timeout: float) -> AsyncIterator[SqliteFrozen]:
+        """SQLite's write lock is the gate: catch up and diff in one immediate transaction."""
+        async with self._tx() as conn:
+            yield SqliteFrozen(conn)
 
     async def discard(self) -> None:
         async with self._tx() as conn:
