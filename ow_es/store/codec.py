@@ -46,6 +46,34 @@ def step_values(step: StepAttempt, time: Callable[[Any], Any] | None = None) -> 
     return _values(step, _STEP_JSON, _STEP_TIMES, time)
 
 
+_UPDATABLE = [c for c in RUN_COLUMNS if c not in ("namespace_id", "id")]
+
+
+def run_changes(
+    pairs: list[tuple[WorkflowRun, WorkflowRun]], time: Callable[[Any], Any] | None = None
+) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+    """Group run updates by the columns they change, with parameters (changed values, then
+    namespace and id). Writing only what changed keeps a large input or output from being
+    re-encoded and rewritten on every step."""
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for old, new in pairs:
+        columns = []
+        values: list[Any] = []
+        for column in _UPDATABLE:
+            before, after = getattr(old, column), getattr(new, column)
+            if before is after or before == after:
+                continue
+            columns.append(column)
+            if column in JSON_RUN_COLUMNS:
+                after = dumps_or_null(after)
+            elif time is not None and column.endswith(("_at", "_until")):
+                after = time(after)
+            values.append(after)
+        if columns:
+            groups.setdefault(tuple(columns), []).append((*values, new.namespace_id, new.id))
+    return groups
+
+
 def dumps(value: Any) -> str:
     return _encoder.encode(value).decode()
 

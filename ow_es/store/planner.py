@@ -24,7 +24,7 @@ class Plan:
 
     events: list[Recorded] = field(default_factory=list)
     inserted_runs: list[WorkflowRun] = field(default_factory=list)
-    updated_runs: list[WorkflowRun] = field(default_factory=list)
+    updated_runs: list[tuple[WorkflowRun, WorkflowRun]] = field(default_factory=list)  # old, new
     steps: list[StepAttempt] = field(default_factory=list)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     follow_ups: list[AppendRequest] = field(default_factory=list)
@@ -140,7 +140,7 @@ def plan_updates(
             continue
         assert row is not None
         new = _fold(plan, row, request, now, namespace)
-        plan.updated_runs.append(new)
+        plan.updated_runs.append((row, new))
         plan.outcomes[index] = Appended(run=new, first_seq=row.seq + 1)
         _note_transitions(plan, row, new, now)
     return plan

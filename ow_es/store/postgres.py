@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -56,9 +57,18 @@ def _insert_params(run: WorkflowRun) -> tuple[Any, ...]:
     return (*params[:19], *params[20:22])
 
 
-def _update_params(run: WorkflowRun) -> tuple[Any, ...]:
-    p = _run_params(run)
-    return (*p[2:], run.namespace_id, run.id)
+@functools.cache
+def _update_statement(columns: tuple[str, ...]) -> sql.Composed:
+    """UPDATE of just these columns (one prepared statement per shape of change)."""
+    assignments = [
+        sql.SQL("{} = %s::jsonb" if c in codec.JSON_RUN_COLUMNS else "{} = %s").format(
+            sql.Identifier(c)
+        )
+        for c in columns
+    ]
+    return sql.SQL("UPDATE workflow_runs SET {} WHERE namespace_id = %s AND id = %s").format(
+        sql.SQL(", ").join(assignments)
+    )
 
 
 def _step_params(step: StepAttempt) -> tuple[Any, ...]:
@@ -435,8 +445,8 @@ class PostgresTransaction(Transaction):
                     for e in plan.events
                 ],
             )
-        if plan.updated_runs:
-            await cur.executemany(Q["update_run"], [_update_params(r) for r in plan.updated_runs])
+        for columns, params in codec.run_changes(plan.updated_runs).items():
+            await cur.executemany(_update_statement(columns), params)
         if plan.steps:
             await cur.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
 

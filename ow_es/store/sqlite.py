@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -311,6 +312,13 @@ class SqliteStore:
         return self._wake
 
 
+@functools.cache
+def _update_statement(columns: tuple[str, ...]) -> str:
+    """UPDATE of just these columns (the names come from the model, never from input)."""
+    assignments = ", ".join(f"{column} = ?" for column in columns)
+    return f"UPDATE workflow_runs SET {assignments} WHERE namespace_id = ? AND id = ?"
+
+
 def _workflows_json(workflows: Sequence[WorkflowKey]) -> str:
     return codec.dumps([[name, version or ""] for name, version in workflows])
 
@@ -376,11 +384,8 @@ class SqliteTransaction(Transaction):
                     for e in plan.events
                 ],
             )
-        if plan.updated_runs:
-            await self._conn.executemany(
-                Q["update_run"],
-                [(*_run_params(r)[2:], r.namespace_id, r.id) for r in plan.updated_runs],
-            )
+        for columns, params in codec.run_changes(plan.updated_runs, ts).items():
+            await self._conn.executemany(_update_statement(columns), params)
         if plan.steps:
             await self._conn.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
 

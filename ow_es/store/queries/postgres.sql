@@ -25,15 +25,6 @@ INSERT INTO workflow_runs (
 ON CONFLICT DO NOTHING
 RETURNING id
 
--- name: update_run
-UPDATE workflow_runs SET
-    workflow_name = %s, version = %s, status = %s, input = %s::jsonb, output = %s::jsonb,
-    error = %s::jsonb, attempts = %s, idempotency_key = %s, parent_run_id = %s,
-    parent_step_name = %s, worker_id = %s, claim_token = %s, lease_until = %s,
-    available_at = %s, deadline_at = %s, waiting_for = %s::jsonb, seq = %s, created_at = %s,
-    started_at = %s, finished_at = %s, updated_at = %s
-WHERE namespace_id = %s AND id = %s
-
 -- name: insert_event
 INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
 VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)

@@ -14,14 +14,6 @@ INSERT INTO workflow_runs (
 ON CONFLICT DO NOTHING
 RETURNING id
 
--- name: update_run
-UPDATE workflow_runs SET
-    workflow_name = ?, version = ?, status = ?, input = ?, output = ?, error = ?, attempts = ?,
-    idempotency_key = ?, parent_run_id = ?, parent_step_name = ?, worker_id = ?,
-    claim_token = ?, lease_until = ?, available_at = ?, deadline_at = ?, waiting_for = ?,
-    seq = ?, created_at = ?, started_at = ?, finished_at = ?, updated_at = ?
-WHERE namespace_id = ? AND id = ?
-
 -- name: insert_event
 INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)
