@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 import ow_es
 from ow_es import events as ev
 from ow_es.store import AppendRequest
@@ -85,6 +87,36 @@ async def test_log_reads_follow_the_xid_order_index(pg_url: str) -> None:
                 )
                 sort_keys = [line for line in plan.splitlines() if "Sort Key:" in line]
                 assert all("text" not in line for line in sort_keys), plan
+    finally:
+        await client.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def test_lag_and_restored_transaction_ids(pg_url: str) -> None:
+    """A long transaction anywhere holds the barrier back (its age is the readers' lag); a log
+    whose transaction ids are ahead of the cluster's counter is refused, not silently stalled."""
+    import uuid
+
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    client = await ow_es.connect(pg_url, schema=schema)
+    try:
+        await client.store.append([_create("r1")])
+        assert len((await client.store.read_log(None, 10)).events) == 1
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("SELECT pg_current_xact_id()")  # an open transaction with an xid
+            await asyncio.sleep(0.3)
+            assert await client.store.log_lag() >= 0.3
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                f'INSERT INTO "{schema}".events (namespace_id, run_id, seq, type, data, tx_id)'
+                " VALUES ('default', 'restored', 1, 'run_created', '{}',"
+                " (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8)"
+            )
+        with pytest.raises(ow_es.StoreUnavailable, match="ahead of this cluster"):
+            await client.store.read_log(None, 10)
     finally:
         await client.close()
         with psycopg.connect(pg_url, autocommit=True) as conn:

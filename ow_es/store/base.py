@@ -125,6 +125,10 @@ class Store(Protocol):
         readers that know no append is in flight (under the reproject gate, a quiet test)."""
         ...
 
+    async def log_lag(self) -> float:
+        """Seconds the log readers' barrier may be held back (the oldest open transaction)."""
+        ...
+
     async def count_runs(self) -> dict[tuple[str, str], int]:
         """Runs by (workflow name, status)."""
         ...

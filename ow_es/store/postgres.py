@@ -331,6 +331,8 @@ class PostgresStore:
         return [codec.event_from_row(r) for r in rows]
 
     async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
+        if after is None and barrier:
+            await self._check_tx_ids()  # a new reader: make sure it cannot stall forever
         tx, pos = ("0", 0) if after is None else _split_cursor(after)
         rows = await self._fetch(
             Q["read_log" if barrier else "read_log_unguarded"],
@@ -343,6 +345,23 @@ class PostgresStore:
         for row in rows:
             del row["tx_text"]
         return LogBatch(events=[codec.event_from_row(r) for r in rows], cursor=cursor)
+
+    async def _check_tx_ids(self) -> None:
+        """Events restored by a logical dump into another cluster keep transaction ids ahead of
+        its counter; the barrier would hold a reader back until the counter passes them."""
+        rows = await self._fetch(Q["tx_ids_ahead"], {}, "checking transaction ids")
+        if rows and rows[0]["ahead"]:
+            raise StoreUnavailable(
+                f"the event log holds transaction ids up to {rows[0]['newest']}, ahead of this"
+                f" cluster's next id {rows[0]['next']} (restored from a logical dump?): log"
+                " readers would stall until the cluster's counter passes them"
+            )
+
+    async def log_lag(self) -> float:
+        """Seconds the oldest transaction still in progress in the cluster has been open: how
+        far the log readers' barrier may be held back."""
+        rows = await self._fetch(Q["log_lag"], {}, "measuring the log lag")
+        return float(rows[0]["lag"]) if rows else 0.0
 
     async def count_runs(self) -> dict[tuple[str, str], int]:
         rows = await self._fetch(Q["count_runs"], {}, "counting runs")

@@ -299,6 +299,9 @@ class SqliteStore:
         cursor = str(rows[-1]["position"]) if rows else after
         return LogBatch(events=[codec.event_from_row(r) for r in rows], cursor=cursor)
 
+    async def log_lag(self) -> float:
+        return 0.0  # writers are serialised: nothing committed is ever held back
+
     async def count_runs(self) -> dict[tuple[str, str], int]:
         rows = await self._fetch(Q["count_runs"], (self.namespace,))
         return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}

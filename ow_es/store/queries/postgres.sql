@@ -127,6 +127,17 @@ WHERE (tx_id, position) > (%(tx)s::xid8, %(pos)s) AND namespace_id = %(ns)s
 ORDER BY tx_id, position
 LIMIT %(limit)s
 
+-- name: tx_ids_ahead
+SELECT newest::text AS newest, next::text AS next, newest >= next AS ahead
+FROM (SELECT (SELECT max(tx_id) FROM events) AS newest,
+             pg_snapshot_xmax(pg_current_snapshot()) AS next) ids
+WHERE newest IS NOT NULL
+
+-- name: log_lag
+SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0) AS lag
+FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+
 -- name: count_runs
 SELECT workflow_name, status, count(*) AS n FROM workflow_runs
 WHERE namespace_id = %(ns)s GROUP BY workflow_name, status
