@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import psycopg
-import pytest
 
 import ow_es
 from ow_es.store.postgres import channel_names
 from tests.helpers import running_worker
 
 
-async def test_listener_reconnects_after_its_connection_dies(
-    make_client: Any, db: dict[str, Any]
-) -> None:
-    if db["backend"] != "postgres":
-        pytest.skip("SQLite has no listener connection: workers poll it")
-    ow = await make_client()
+async def test_listener_reconnects_after_its_connection_dies(pg_url: str) -> None:
+    """Postgres only: SQLite has no listener connection (its workers poll)."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    ow = ow_es.OpenWorkflow(pg_url, schema=schema)
+    try:
+        await _reconnect_scenario(ow, pg_url, schema)
+    finally:
+        await ow.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def _reconnect_scenario(ow: ow_es.OpenWorkflow, url: str, schema: str) -> None:
 
     @ow.workflow(name="echo")
     async def echo(ctx: ow_es.Context, value: int) -> int:
@@ -31,8 +38,8 @@ async def test_listener_reconnects_after_its_connection_dies(
     async with running_worker(ow, poll_interval="30s"):
         first = await echo.start(1)
         assert await first.result(timeout=5) == 1
-        _, done_channel = channel_names(db["schema"], "default")
-        with psycopg.connect(db["url"], autocommit=True) as admin:
+        _, done_channel = channel_names(schema, "default")
+        with psycopg.connect(url, autocommit=True) as admin:
             killed = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE query LIKE %s AND pid <> pg_backend_pid()",
