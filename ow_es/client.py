@@ -241,42 +241,15 @@ class OpenWorkflow:
     async def cancel(self, run_id: str, *, cascade: bool = True) -> None:
         """Cancel a pending or running run (and its children); again on a canceled run it does
         nothing; on a completed or failed run it raises InvalidTransition."""
-        run = await self.store.get_run(run_id)
-        if run is None:
-            raise RunNotFound(f"run {run_id} not found")
-        if run.status == "canceled":
-            return
-        targets = [run_id]
-        if cascade:
-            targets += await self._descendants(run_id)
-        requests = [
-            AppendRequest(
-                run_id=target,
-                events=[
-                    ev.RunCanceled(
-                        reason="canceled", cascaded_from=None if target == run_id else run_id
-                    )
-                ],
-            )
-            for target in targets
-        ]
-        outcomes = await self.store.append(requests)
-        first = outcomes[0]
-        if isinstance(first, InvalidTransition):
+        outcome = await self.store.run(
+            "canceling a run", lambda tx: tx.cancel(run_id, cascade=cascade)
+        )
+        if isinstance(outcome, InvalidTransition):
             current = await self.store.get_run(run_id)
             if current is not None and current.status == "canceled":
-                return
-        if isinstance(first, Exception):
-            raise first
-
-    async def _descendants(self, run_id: str) -> list[str]:
-        found: list[str] = []
-        frontier = [run_id]
-        while frontier:
-            children = [c for parent in frontier for c in await self.store.list_children(parent)]
-            frontier = [c.id for c in children if not c.is_terminal]
-            found += frontier
-        return found
+                return  # canceled already: nothing to do
+        if isinstance(outcome, Exception):
+            raise outcome
 
     async def resume(self, run_id: str) -> RunHandle:
         """A failed run goes on from its failed step; completed steps are not re-run."""
@@ -312,9 +285,10 @@ class OpenWorkflow:
         if not isinstance(signal, str) or not signal:
             raise ValidationError("signal name must be a non-empty string")
         value = to_json_value(data, f"signal {signal!r} data", self.max_payload_bytes)
-        return await self.store.run(
+        delivery = await self.store.run(
             "sending a signal", lambda tx: tx.deliver_signal(signal, value, idempotency_key)
         )
+        return delivery.run_ids
 
 
 async def connect(

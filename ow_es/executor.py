@@ -57,7 +57,8 @@ class Execution:
         self.token: str = run.claim_token
         self.seq = run.seq
         self.history = History()
-        self._names: dict[str, int] = {}
+        self._names: dict[str, int] = {}  # base name -> last suffix handed out
+        self._used: set[str] = set()
         self._parks: list[Park] = []
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -236,8 +237,15 @@ class Execution:
             raise RunLost()
         if not isinstance(outcome, Appended):
             raise outcome
-        self.seq = max(self.seq, outcome.run.seq)
+        self.advance(outcome)
         return outcome
+
+    def advance(self, outcome: Appended) -> None:
+        """Follow our own appends. If someone else appended in between (a signal, a child's
+        end), ``seq`` stays behind, so the next expecting write (a park) fails as stale and the
+        run is replayed with those events instead of parking past them."""
+        if outcome.first_seq == self.seq + 1:
+            self.seq = outcome.run.seq
 
     async def _submit(self, request: AppendRequest) -> Outcome:
         """Append; after a commit whose outcome is unknown, re-read before trying again, so
@@ -270,12 +278,18 @@ class Execution:
     # -- steps -----------------------------------------------------------------------------
 
     def unique_name(self, name: str) -> str:
-        """Repeated names get ':1', ':2'... in call order."""
+        """Repeated names get ':1', ':2'... in call order, skipping any name already taken
+        (also one given explicitly, such as 'x:1')."""
         if not isinstance(name, str) or not name:
             raise ValueError("a step needs a non-empty name")
+        unique = name
         count = self._names.get(name, 0)
-        self._names[name] = count + 1
-        return name if count == 0 else f"{name}:{count}"
+        while unique in self._used:
+            count += 1
+            unique = f"{name}:{count}"
+        self._names[name] = count
+        self._used.add(unique)
+        return unique
 
     def check_active(self) -> None:
         """Once the run is parking, no new step starts (e.g. after gather(return_exceptions))."""
@@ -315,12 +329,14 @@ class Execution:
     async def sleep(
         self, name: str, *, duration: Duration | None = None, until: datetime | None = None
     ) -> None:
-        await step_waits.sleep(self, name, duration=duration, until=until)
+        await self.tracked(step_waits.sleep(self, name, duration=duration, until=until))
 
     async def wait_for_signal(
         self, signal: str, *, timeout: Duration | None, name: str | None
     ) -> Any:
-        return await step_waits.wait_for_signal(self, signal, timeout=timeout, name=name)
+        return await self.tracked(
+            step_waits.wait_for_signal(self, signal, timeout=timeout, name=name)
+        )
 
     async def send_signal(self, signal: str, data: Any, *, name: str | None) -> list[str]:
         return await step_waits.send_signal(self, signal, data, name=name)
@@ -334,6 +350,6 @@ class Execution:
         timeout: Duration | None,
         name: str | None,
     ) -> Any:
-        return await step_child.run_child(
-            self, workflow, input, version=version, timeout=timeout, name=name
+        return await self.tracked(
+            step_child.run_child(self, workflow, input, version=version, timeout=timeout, name=name)
         )

@@ -77,7 +77,12 @@ class History:
         self.attempts[step_name] = max(self.attempts.get(step_name, 0), attempt)
 
     def _fresh_budgets(self) -> None:
-        """After a resume or a body retry, earlier step failures no longer count."""
+        """After a resume or a body retry, earlier step failures no longer count, and a step
+        that failed for good starts anew (a child step starts a new child)."""
+        for name in self.final_failures:
+            self.started.pop(name, None)
+            self.started_at.pop(name, None)
+            self.child_finished.pop(name, None)
         self.failures.clear()
         self.final_failures.clear()
         self.retry_until.clear()

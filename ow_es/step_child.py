@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
-from ow_es.errors import StepTimeout
+from ow_es.errors import ConcurrencyError, InvalidTransition, StepTimeout
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.store.base import Appended, AppendRequest
-from ow_es.unwind import Park, Stale, step_failed
+from ow_es.unwind import Park, RunLost, Stale, step_failed
 from ow_es.workflow import Workflow
 
 if TYPE_CHECKING:
     from ow_es.executor import Execution
+    from ow_es.store.tx import Transaction
 
 
 async def run_child(
@@ -27,7 +28,6 @@ async def run_child(
     timeout: Duration | None,
     name: str | None,
 ) -> Any:
-    ex.check_active()
     spec = workflow if isinstance(workflow, Workflow) else None
     wf_name = spec.name if spec else str(workflow)
     version = version if version is not None else (spec.version if spec else None)
@@ -41,10 +41,18 @@ async def run_child(
         raise step_failed(name, failed.error, failed.attempt)
     started = ex.history.started.get(name)
     finished = ex.history.child_finished.get(name)
-    if finished is not None and started is not None:
+    if (
+        started is not None
+        and finished is not None
+        and finished.child_run_id == started.child_run_id
+    ):
         return await _child_result(ex, name, started, finished, output_type)
     if started is None:
-        child_id, wake = await _start_child(ex, name, wf_name, version, input, spec, timeout)
+        ex.check_active()
+        attempt = ex.history.attempts.get(name, 0) + 1
+        child_id, wake = await _start_child(
+            ex, name, attempt, wf_name, version, input, spec, timeout
+        )
     else:
         child_id = started.child_run_id or ""
         raw = started.input.get("until") if isinstance(started.input, dict) else None
@@ -56,7 +64,7 @@ async def run_child(
                     ev.StepFailed(
                         step_name=name,
                         kind="workflow",
-                        attempt=1,
+                        attempt=started.attempt,
                         error=error,
                         final=True,
                         started_at=ex.history.started_at[name],
@@ -73,16 +81,21 @@ async def run_child(
 async def _start_child(
     ex: Execution,
     name: str,
+    attempt: int,
     wf_name: str,
     version: str | None,
     input: Any,
     spec: Workflow[Any] | None,
     timeout: Duration | None,
 ) -> tuple[str, datetime | None]:
+    """Create the child and record it on the parent in one transaction, the parent's part
+    fenced by its claim: a parent that was canceled (or lost) meanwhile leaves no orphan."""
     schema = spec.input_type if spec and spec.takes_input else Any
     value = to_json_value(input, f"child {wf_name!r} input", ex.settings.max_payload_bytes, schema)
     now = utcnow()
     wake = None if timeout is None else now + timedelta(seconds=to_seconds(timeout, "timeout"))
+    # The key makes the child exactly-once across replays of this attempt of the step.
+    key = f"{ex.run.id}/{name}" if attempt == 1 else f"{ex.run.id}/{name}#{attempt}"
     create = AppendRequest(
         run_id=uuid.uuid4().hex,
         events=[
@@ -90,40 +103,51 @@ async def _start_child(
                 workflow_name=wf_name,
                 version=version,
                 input=value,
-                # The key makes the child exactly-once across replays of this step.
-                idempotency_key=f"{ex.run.id}/{name}",
+                idempotency_key=key,
                 parent_run_id=ex.run.id,
                 parent_step_name=name,
                 available_at=now,
             )
         ],
     )
-    created = await ex.settings.store.append([create])
-    child = created[0]
-    if not isinstance(child, Appended):
-        raise child
-    child_id = child.run.id
-    await ex.append(
-        [
-            ev.StepStarted(
-                step_name=name,
-                kind="workflow",
-                attempt=1,
-                child_run_id=child_id,
-                input={"until": wake.isoformat() if wake else None},
-                worker_id=ex.settings.worker_id,
-            ),
-            ev.ChildStarted(
-                step_name=name,
-                child_run_id=child_id,
-                workflow_name=wf_name,
-                worker_id=ex.settings.worker_id,
-            ),
-        ]
-    )
+
+    async def start(tx: Transaction) -> tuple[Appended, Appended]:
+        (child,) = await tx.apply([create])
+        if not isinstance(child, Appended):
+            raise child
+        record = AppendRequest(
+            run_id=ex.run.id,
+            claim_token=ex.token,
+            events=[
+                ev.StepStarted(
+                    step_name=name,
+                    kind="workflow",
+                    attempt=attempt,
+                    child_run_id=child.run.id,
+                    input={"until": wake.isoformat() if wake else None},
+                    worker_id=ex.settings.worker_id,
+                ),
+                ev.ChildStarted(
+                    step_name=name,
+                    child_run_id=child.run.id,
+                    workflow_name=wf_name,
+                    worker_id=ex.settings.worker_id,
+                ),
+            ],
+        )
+        (parent,) = await tx.apply([record])
+        if not isinstance(parent, Appended):
+            raise parent  # rolls the child back with it
+        return child, parent
+
+    try:
+        child, parent = await ex.tracked(ex.settings.store.run("starting a child run", start))
+    except (ConcurrencyError, InvalidTransition):
+        raise RunLost() from None
+    ex.advance(parent)
     if child.run.is_terminal:
         raise Stale()  # it finished before we recorded it: replay to pick up its result
-    return child_id, wake
+    return child.run.id, wake
 
 
 async def _child_result(
@@ -132,7 +156,7 @@ async def _child_result(
     common: dict[str, Any] = {
         "step_name": name,
         "kind": "workflow",
-        "attempt": 1,
+        "attempt": started.attempt,
         "started_at": ex.history.started_at[name],
         "child_run_id": finished.child_run_id,
         "worker_id": ex.settings.worker_id,

@@ -46,7 +46,6 @@ async def run_step(
     retry: RetryPolicy | None,
     timeout: Duration | None,
 ) -> Any:
-    ex.check_active()
     name = ex.unique_name(name)
     recorded = ex.history.completed.get(name)
     if recorded is not None:
@@ -61,6 +60,7 @@ async def run_step(
     budget_used = ex.history.failures.get(name, 0) + 1
     if until is not None and until > utcnow():
         raise ex.parking(Park("retry", name, until, attempt=attempt))
+    ex.check_active()  # replayed steps above may still answer; nothing new starts once parking
     if ex.history.function_attempts >= ex.workflow.max_step_attempts:
         ex.limit_exceeded = True
         raise StepLimitExceeded(f"step {name!r}: the run reached its step attempt limit")

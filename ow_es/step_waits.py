@@ -10,6 +10,7 @@ from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import ConcurrencyError, InvalidTransition
 from ow_es.payload import to_json_value
 from ow_es.store.base import AppendRequest
+from ow_es.store.tx import Delivery
 from ow_es.unwind import Park, RunLost
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 async def sleep(
     ex: Execution, name: str, *, duration: Duration | None = None, until: datetime | None = None
 ) -> None:
-    ex.check_active()
     name = ex.unique_name(name)
     if name in ex.history.completed:
         return
@@ -28,6 +28,7 @@ async def sleep(
         wake = datetime.fromisoformat(started.input["until"])
         started_at = ex.history.started_at[name]
     else:
+        ex.check_active()
         wake = (
             until
             if until is not None
@@ -66,7 +67,6 @@ async def sleep(
 async def wait_for_signal(
     ex: Execution, signal: str, *, timeout: Duration | None, name: str | None
 ) -> Any:
-    ex.check_active()
     name = ex.unique_name(name or signal)
     completed = ex.history.completed.get(name)
     if completed is not None:
@@ -76,6 +76,7 @@ async def wait_for_signal(
         return received.data
     started = ex.history.started.get(name)
     if started is None:
+        ex.check_active()
         wake = (
             None
             if timeout is None
@@ -119,11 +120,11 @@ async def wait_for_signal(
 
 
 async def send_signal(ex: Execution, signal: str, data: Any, *, name: str | None) -> list[str]:
-    ex.check_active()
     name = ex.unique_name(name or f"send:{signal}")
     completed = ex.history.completed.get(name)
     if completed is not None:
         return list(completed.output or [])
+    ex.check_active()
     value = to_json_value(data, f"signal {signal!r} data", ex.settings.max_payload_bytes)
     sender = AppendRequest(
         run_id=ex.run.id,
@@ -141,7 +142,7 @@ async def send_signal(ex: Execution, signal: str, data: Any, *, name: str | None
         ],
     )
     try:
-        delivered = await ex.tracked(
+        delivery: Delivery = await ex.tracked(
             ex.settings.store.run(
                 "sending a signal",
                 lambda tx: tx.deliver_signal(signal, value, None, sender=sender, sender_step=name),
@@ -149,7 +150,6 @@ async def send_signal(ex: Execution, signal: str, data: Any, *, name: str | None
         )
     except (ConcurrencyError, InvalidTransition):
         raise RunLost() from None
-    run = await ex.settings.store.get_run(ex.run.id)
-    if run is not None:
-        ex.seq = max(ex.seq, run.seq)
-    return list(delivered)
+    if delivery.sender is not None:
+        ex.advance(delivery.sender)
+    return delivery.run_ids

@@ -99,14 +99,14 @@ CREATE INDEX step_attempts_open_signal_waits
     ON step_attempts (namespace_id, signal_name)
     WHERE kind = 'signal_wait' AND status = 'running';
 
--- Deduplicates client-sent signals by idempotency key (coordination, not history).
+-- Deduplicates client-sent signals by (signal name, idempotency key) (coordination, not history).
 CREATE TABLE signal_sends (
     namespace_id     text        NOT NULL,
     idempotency_key  text        NOT NULL,
     signal_name      text        NOT NULL,
     delivered_to     jsonb       NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (namespace_id, idempotency_key)
+    PRIMARY KEY (namespace_id, signal_name, idempotency_key)
 );
 
 -- Progress of an interrupted `ow-es reproject`, so it resumes where it stopped.

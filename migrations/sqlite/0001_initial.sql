@@ -99,7 +99,7 @@ CREATE TABLE signal_sends (
     signal_name      TEXT NOT NULL,
     delivered_to     TEXT NOT NULL,
     created_at       TEXT NOT NULL,
-    PRIMARY KEY (namespace_id, idempotency_key)
+    PRIMARY KEY (namespace_id, signal_name, idempotency_key)
 );
 
 CREATE TABLE reproject_state (

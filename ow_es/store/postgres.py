@@ -503,9 +503,19 @@ class PostgresTransaction(Transaction):
         rows = await self._rows(Q["open_signal_waits"], {"signal": signal_name})
         return [codec.step_from_row(row) for row in rows]
 
-    async def signal_send(self, key: str) -> list[str] | None:
-        rows = await self._rows(Q["get_signal_send"], {"key": key})
-        return list(rows[0]["delivered_to"]) if rows else None
+    async def live_children(self, parent_ids: list[str]) -> list[str]:
+        rows = await self._rows(Q["live_children"], {"ids": parent_ids})
+        return [row["id"] for row in rows]
+
+    async def claim_signal_key(self, key: str, signal_name: str) -> bool:
+        cur = await self._conn.execute(
+            Q["claim_signal_key"], {"ns": self.namespace, "signal": signal_name, "key": key}
+        )
+        return await cur.fetchone() is not None
+
+    async def signal_send(self, key: str, signal_name: str) -> list[str]:
+        rows = await self._rows(Q["get_signal_send"], {"signal": signal_name, "key": key})
+        return list(rows[0]["delivered_to"]) if rows else []
 
     async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None:
         await self._conn.execute(

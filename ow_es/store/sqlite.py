@@ -403,12 +403,21 @@ class SqliteTransaction(Transaction):
         rows = await self._rows(Q["open_signal_waits"], (self.namespace, signal_name))
         return [codec.step_from_row(row) for row in rows]
 
-    async def signal_send(self, key: str) -> list[str] | None:
-        rows = await self._rows(Q["get_signal_send"], (self.namespace, key))
-        return list(msgspec.json.decode(rows[0]["delivered_to"])) if rows else None
+    async def live_children(self, parent_ids: list[str]) -> list[str]:
+        rows = await self._rows(Q["live_children"], (self.namespace, codec.dumps(parent_ids)))
+        return [row["id"] for row in rows]
+
+    async def claim_signal_key(self, key: str, signal_name: str) -> bool:
+        rows = await self._conn.execute_fetchall(
+            Q["claim_signal_key"], (self.namespace, signal_name, key, ts(self.now))
+        )
+        return bool(rows)
+
+    async def signal_send(self, key: str, signal_name: str) -> list[str]:
+        rows = await self._rows(Q["get_signal_send"], (self.namespace, signal_name, key))
+        return list(msgspec.json.decode(rows[0]["delivered_to"])) if rows else []
 
     async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None:
         await self._conn.execute(
-            Q["put_signal_send"],
-            (self.namespace, key, signal_name, codec.dumps(run_ids), ts(self.now)),
+            Q["put_signal_send"], (codec.dumps(run_ids), self.namespace, signal_name, key)
         )

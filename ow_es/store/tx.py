@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -65,7 +66,15 @@ class Transaction(abc.ABC):
     async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]: ...
 
     @abc.abstractmethod
-    async def signal_send(self, key: str) -> list[str] | None: ...
+    async def live_children(self, parent_ids: list[str]) -> list[str]:
+        """Ids of the non-terminal children of these runs."""
+
+    @abc.abstractmethod
+    async def claim_signal_key(self, key: str, signal_name: str) -> bool:
+        """Take an idempotency key for a send; False when an earlier send holds it."""
+
+    @abc.abstractmethod
+    async def signal_send(self, key: str, signal_name: str) -> list[str]: ...
 
     @abc.abstractmethod
     async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None: ...
@@ -142,6 +151,22 @@ class Transaction(abc.ABC):
         plan = Plan(outcomes=dict(enumerate(outcomes)))
         return claimed_runs(plan, len(requests))
 
+    async def cancel(self, run_id: str, *, cascade: bool) -> Outcome:
+        """Cancel a run and, with ``cascade``, its descendants, all in this transaction. Each
+        level is canceled (its rows locked) before its children are read, so a child being
+        created meanwhile either commits first and is found, or finds its parent canceled."""
+        (outcome,) = await self.apply([_cancel_request(run_id, None)])
+        if not isinstance(outcome, Appended) or not cascade:
+            return outcome
+        frontier = [run_id]
+        while frontier:
+            children = await self.live_children(frontier)
+            outcomes = await self.apply([_cancel_request(c, run_id) for c in children])
+            frontier = [
+                c for c, o in zip(children, outcomes, strict=True) if isinstance(o, Appended)
+            ]
+        return outcome
+
     async def deliver_signal(
         self,
         signal_name: str,
@@ -149,13 +174,13 @@ class Transaction(abc.ABC):
         idempotency_key: str | None,
         sender: AppendRequest | None = None,
         sender_step: str | None = None,
-    ) -> list[str]:
+    ) -> Delivery:
         """Deliver to every open wait on ``signal_name`` (each at most once), record the send
         on the sender run if any; all in this transaction. A repeated key delivers nothing."""
-        if idempotency_key is not None:
-            previous = await self.signal_send(idempotency_key)
-            if previous is not None:
-                return previous
+        if idempotency_key is not None and not await self.claim_signal_key(
+            idempotency_key, signal_name
+        ):
+            return Delivery(run_ids=await self.signal_send(idempotency_key, signal_name))
         waits = await self.open_signal_waits(signal_name)
         sender_id = sender.run_id if sender is not None else None
         deliveries = [
@@ -177,6 +202,7 @@ class Transaction(abc.ABC):
             if wait.run_id != sender_id
         ]
         outcomes = await self.apply(deliveries)
+        sent: Appended | None = None
         delivered = sorted(
             {d.run_id for d, o in zip(deliveries, outcomes, strict=True) if isinstance(o, Appended)}
         )
@@ -197,9 +223,24 @@ class Transaction(abc.ABC):
             (outcome,) = await self.apply([sender])
             if not isinstance(outcome, Appended):
                 raise outcome  # rolls the deliveries back with it
+            sent = outcome
         if idempotency_key is not None:
             await self.record_signal_send(idempotency_key, signal_name, delivered)
-        return delivered
+        return Delivery(run_ids=delivered, sender=sent)
+
+
+@dataclass
+class Delivery:
+    """Where a signal went, and the sender run's append (a send from a workflow step)."""
+
+    run_ids: list[str]
+    sender: Appended | None = None
+
+
+def _cancel_request(run_id: str, cascaded_from: str | None) -> AppendRequest:
+    return AppendRequest(
+        run_id=run_id, events=[ev.RunCanceled(reason="canceled", cascaded_from=cascaded_from)]
+    )
 
 
 def _draft(namespace: str, request: AppendRequest) -> WorkflowRun:

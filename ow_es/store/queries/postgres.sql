@@ -153,17 +153,32 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: open_signal_waits
--- The open waits on a signal, with their runs locked (delivery appends to them).
+-- The open waits on a signal, their runs and step rows locked: a concurrent delivery or a
+-- wait's timeout that commits first is seen on the re-check, so each wait gets one signal.
 SELECT s.* FROM step_attempts s
 JOIN workflow_runs r ON r.namespace_id = s.namespace_id AND r.id = s.run_id
 WHERE s.namespace_id = %(ns)s AND s.kind = 'signal_wait' AND s.status = 'running'
   AND s.signal_name = %(signal)s AND r.status IN ('pending', 'running')
 ORDER BY s.run_id, s.step_name
-FOR UPDATE OF r
+FOR UPDATE OF r, s
+
+-- name: claim_signal_key
+-- The first send with a key inserts it; a concurrent one waits for that commit, then sees it.
+INSERT INTO signal_sends (namespace_id, signal_name, idempotency_key, delivered_to)
+VALUES (%(ns)s, %(signal)s, %(key)s, '[]')
+ON CONFLICT DO NOTHING
+RETURNING 1
 
 -- name: get_signal_send
-SELECT delivered_to FROM signal_sends WHERE namespace_id = %(ns)s AND idempotency_key = %(key)s
+SELECT delivered_to FROM signal_sends
+WHERE namespace_id = %(ns)s AND signal_name = %(signal)s AND idempotency_key = %(key)s
 
 -- name: put_signal_send
-INSERT INTO signal_sends (namespace_id, idempotency_key, signal_name, delivered_to)
-VALUES (%(ns)s, %(key)s, %(signal)s, %(ids)s::jsonb)
+UPDATE signal_sends SET delivered_to = %(ids)s::jsonb
+WHERE namespace_id = %(ns)s AND signal_name = %(signal)s AND idempotency_key = %(key)s
+
+-- name: live_children
+SELECT id FROM workflow_runs
+WHERE namespace_id = %(ns)s AND parent_run_id = ANY(%(ids)s)
+  AND status IN ('pending', 'running')
+ORDER BY id

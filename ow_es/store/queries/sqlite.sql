@@ -102,9 +102,22 @@ WHERE s.namespace_id = ? AND s.kind = 'signal_wait' AND s.status = 'running'
   AND s.signal_name = ? AND r.status IN ('pending', 'running')
 ORDER BY s.run_id, s.step_name
 
+-- name: claim_signal_key
+INSERT INTO signal_sends (namespace_id, signal_name, idempotency_key, delivered_to, created_at)
+VALUES (?, ?, ?, '[]', ?)
+ON CONFLICT DO NOTHING
+RETURNING 1
+
 -- name: get_signal_send
-SELECT delivered_to FROM signal_sends WHERE namespace_id = ? AND idempotency_key = ?
+SELECT delivered_to FROM signal_sends
+WHERE namespace_id = ? AND signal_name = ? AND idempotency_key = ?
 
 -- name: put_signal_send
-INSERT INTO signal_sends (namespace_id, idempotency_key, signal_name, delivered_to, created_at)
-VALUES (?, ?, ?, ?, ?)
+UPDATE signal_sends SET delivered_to = ?
+WHERE namespace_id = ? AND signal_name = ? AND idempotency_key = ?
+
+-- name: live_children
+SELECT id FROM workflow_runs
+WHERE namespace_id = ? AND parent_run_id IN (SELECT value FROM json_each(?))
+  AND status IN ('pending', 'running')
+ORDER BY id
