@@ -12,10 +12,6 @@ from ow_es.models import WorkflowRun
 from ow_es.projections.recorded import Recorded
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat()
-
-
 def _earliest(until: datetime | None, deadline: datetime | None) -> datetime | None:
     if until is None:
         return deadline
@@ -92,7 +88,7 @@ def _apply(row: WorkflowRun, rec: Recorded) -> WorkflowRun:
                 attempts=max(row.attempts, 1),
             )
         case ev.RunSleeping():
-            waiting = {"kind": "sleep", "step": data.step_name, "until": _iso(data.until)}
+            waiting = {"kind": "sleep", "step": data.step_name, "until": data.until}
             return _parked(row, data.until, waiting)
         case ev.RunWaiting():
             waiting = {"kind": data.kind, "step": data.step_name}
@@ -101,10 +97,10 @@ def _apply(row: WorkflowRun, rec: Recorded) -> WorkflowRun:
             else:
                 waiting["run_id"] = data.child_run_id
             if data.until is not None:
-                waiting["until"] = _iso(data.until)
+                waiting["until"] = data.until
             return _parked(row, data.until, waiting)
         case ev.RetryScheduled():
-            waiting = {"kind": "retry", "step": data.step_name, "until": _iso(data.until)}
+            waiting = {"kind": "retry", "step": data.step_name, "until": data.until}
             parked = _parked(row, data.until, waiting)
             if data.step_name is None:  # the workflow body itself is retried
                 parked = msgspec.structs.replace(parked, attempts=data.attempt)

@@ -77,6 +77,8 @@ async def test_state_at_replays_the_run_as_of_each_event(ow: ow_es.OpenWorkflow)
     ]
     parked = await ow.state_at(handle.run_id, failed_at + 1)
     assert parked.run.waiting_for is not None and parked.run.waiting_for["kind"] == "retry"
+    assert parked.run.waiting_for["step"] == "flaky"
+    assert parked.run.waiting_for["until"].tzinfo is not None  # a datetime, as all times are
     final = await ow.state_at(handle.run_id, events[-1].seq)
     live = await handle.status()
     assert msgspec.structs.replace(final.run, lease_until=None) == live

@@ -83,6 +83,10 @@ def dumps_or_null(value: Any) -> str | None:
 
 
 def run_from_row(row: dict[str, Any]) -> WorkflowRun:
+    waiting = row.get("waiting_for")
+    if waiting and isinstance(waiting.get("until"), str):
+        # A time inside the JSON column: a datetime in Python, as every other time is.
+        row["waiting_for"] = {**waiting, "until": datetime.fromisoformat(waiting["until"])}
     return msgspec.convert(row, WorkflowRun, strict=False)
 
 
