@@ -83,6 +83,7 @@ class Execution:
         except RunLost:
             log.info("run %s: claim lost, dropping it", self.run.id)
         except Stale:
+            await self._wait_idle()  # let sibling steps record their results first
             await self._release("new events arrived while it ran")
 
     async def _run_to_end(self) -> None:
