@@ -21,11 +21,11 @@ from ow_es.errors import ConcurrencyError, OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
-from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.store.base import LogBatch, WorkflowKey
 from ow_es.store.named_queries import load
 from ow_es.store.pg_wake import PostgresWakeChannel
 from ow_es.store.planner import Plan
-from ow_es.store.tx import Transaction
+from ow_es.store.tx import Transaction, TransactionalStore
 
 Q = load("postgres")
 T = TypeVar("T")
@@ -86,7 +86,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class PostgresStore:
+class PostgresStore(TransactionalStore):
     backend = "postgres"
 
     def __init__(self, url: str, namespace: str, schema: str, *, pool_size: int = 10) -> None:
@@ -238,18 +238,6 @@ class PostgresStore:
             except _Retry:
                 continue
         raise ConcurrencyError(f"{what}: kept deadlocking; gave up after 5 tries")
-
-    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        return await self.run("appending events", lambda tx: tx.apply(requests))
-
-    async def claim(
-        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
-    ) -> list[WorkflowRun]:
-        if limit <= 0 or not workflows:
-            return []
-        return await self.run(
-            "claiming runs", lambda tx: tx.claim(worker_id, workflows, limit, lease_seconds)
-        )
 
     def _workflow_params(self, workflows: Sequence[WorkflowKey]) -> dict[str, Any]:
         return {

@@ -18,10 +18,10 @@ from ow_es.errors import OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
-from ow_es.store.base import AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.store.base import LogBatch, WorkflowKey
 from ow_es.store.named_queries import load
 from ow_es.store.planner import Plan
-from ow_es.store.tx import Transaction
+from ow_es.store.tx import Transaction, TransactionalStore
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
 
 Q = load("sqlite")
@@ -90,7 +90,7 @@ class SqliteWakeChannel:
         return self._shared.done.subscribe(run_id)
 
 
-class SqliteStore:
+class SqliteStore(TransactionalStore):
     backend = "sqlite"
 
     def __init__(self, path: str, namespace: str, *, busy_timeout_ms: int = 30000) -> None:
@@ -208,18 +208,6 @@ class SqliteStore:
         if tx.done:
             self._shared.done.notify(tx.done)
         return result
-
-    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        return await self.run("appending events", lambda tx: tx.apply(requests))
-
-    async def claim(
-        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
-    ) -> list[WorkflowRun]:
-        if limit <= 0 or not workflows:
-            return []
-        return await self.run(
-            "claiming runs", lambda tx: tx.claim(worker_id, workflows, limit, lease_seconds)
-        )
 
     async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
         if not claims:

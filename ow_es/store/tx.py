@@ -8,10 +8,10 @@ signals live here and in ``planner``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ow_es import events as ev
 from ow_es.errors import ConcurrencyError
@@ -229,6 +229,9 @@ class Transaction(abc.ABC):
         return Delivery(run_ids=delivered, sender=sent)
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class Delivery:
     """Where a signal went, and the sender run's append (a send from a workflow step)."""
@@ -256,3 +259,23 @@ def _worker_of(request: AppendRequest) -> str | None:
         if worker is not None:
             return str(worker)
     return None
+
+
+class TransactionalStore(abc.ABC):
+    """The store operations that are one transaction of :class:`Transaction` rules; an
+    adapter provides ``run``."""
+
+    @abc.abstractmethod
+    async def run(self, what: str, fn: Callable[[Transaction], Awaitable[T]]) -> T: ...
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        return await self.run("appending events", lambda tx: tx.apply(requests))
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+    ) -> list[WorkflowRun]:
+        if limit <= 0 or not workflows:
+            return []
+        return await self.run(
+            "claiming runs", lambda tx: tx.claim(worker_id, workflows, limit, lease_seconds)
+        )
