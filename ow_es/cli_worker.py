@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import click
@@ -175,6 +176,12 @@ def _exit_without_lingering_threads() -> None:
         for t in threading.enumerate()
         if t is not threading.main_thread() and not t.daemon and t.is_alive()
     ]
+    # Idle pool threads leave as soon as the pool shuts down: give them a moment, so only
+    # threads that are really busy with a step count.
+    deadline = time.monotonic() + 0.5
+    for thread in lingering:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in lingering if t.is_alive()]
     if not lingering:
         return
     click.echo(

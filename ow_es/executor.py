@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from ow_es import events as ev
 from ow_es import step_child, step_function, step_waits
 from ow_es.appender import GroupCommitter
@@ -26,7 +28,7 @@ from ow_es.errors import (
     ValidationError,
 )
 from ow_es.history import History
-from ow_es.models import WorkflowRun
+from ow_es.models import Event, WorkflowRun
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.retry import RetryPolicy
 from ow_es.store.base import Appended, AppendRequest, Outcome, Store
@@ -46,10 +48,17 @@ class Settings:
     threads: Executor
     max_payload_bytes: int
     workflows: Callable[[str, str | None], Workflow[Any] | None]
+    lease_seconds: float = 30.0
 
 
 class Execution:
-    def __init__(self, run: WorkflowRun, workflow: Workflow[Any], settings: Settings) -> None:
+    def __init__(
+        self,
+        run: WorkflowRun,
+        workflow: Workflow[Any],
+        settings: Settings,
+        lease_deadline: float | None = None,
+    ) -> None:
         self.run = run
         self.workflow = workflow
         self.settings = settings
@@ -65,6 +74,26 @@ class Execution:
         self._idle.set()
         self.limit_exceeded = False
         self._deadline_hit = False
+        # When our lease runs out unless a heartbeat moved it (event-loop clock): a worker that
+        # was paused past it must not start user code for a run that may be someone else's.
+        loop = asyncio.get_running_loop()
+        self.lease_deadline = lease_deadline or loop.time() + settings.lease_seconds
+
+    async def ensure_lease(self) -> None:
+        """Before user code runs: if the lease may have lapsed, make sure the run is ours."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.lease_deadline:
+            return
+        sent = loop.time()
+        try:
+            held = await self.settings.store.heartbeat(
+                {self.run.id: self.token}, self.settings.lease_seconds
+            )
+        except StoreUnavailable:
+            raise RunLost() from None
+        if self.run.id not in held:
+            raise RunLost()
+        self.lease_deadline = sent + self.settings.lease_seconds
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -249,32 +278,46 @@ class Execution:
             self.seq = outcome.run.seq
 
     async def _submit(self, request: AppendRequest) -> Outcome:
-        """Append; after a commit whose outcome is unknown, re-read before trying again, so
-        nothing is appended twice."""
-        delay = 0.1
+        """Append exactly once. When a commit's outcome is unknown (a dropped connection), find
+        out from the log whether it landed before sending anything again; a resend is
+        conditioned on the run being unchanged since that read, so a late landing of the first
+        commit cannot be doubled."""
+        attempt = request
         for _ in range(8):
             try:
-                return await self.settings.committer.submit(request)
+                outcome = await self.settings.committer.submit(attempt)
             except StoreUnavailable as exc:
                 log.warning("run %s: append outcome unknown (%s); re-reading", self.run.id, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            with contextlib.suppress(StoreUnavailable):
-                if await self._landed(request):
-                    run = await self.settings.store.get_run(self.run.id)
-                    assert run is not None
-                    return Appended(run=run)
+            else:
+                resent = attempt is not request and request.expected_seq is None
+                if not (resent and isinstance(outcome, StaleRun)):
+                    return outcome
+                # The run changed since we looked: perhaps our first commit landed after all.
+            landed, seq = await self._find_out(request)
+            if landed is not None:
+                return landed
+            expected = request.expected_seq if request.expected_seq is not None else seq
+            attempt = msgspec.structs.replace(request, expected_seq=expected)
         raise RunLost()
 
-    async def _landed(self, request: AppendRequest) -> bool:
-        events = await self.settings.store.read_run_events(self.run.id)
-        mine = [ev.to_dict(e) for e in request.events]
-        newer = [e for e in events if e.seq > self.seq]
-        for start in range(len(newer) - len(mine) + 1):
-            window = newer[start : start + len(mine)]
-            if [e.data for e in window] == mine:
-                return True
-        return False
+    async def _find_out(self, request: AppendRequest) -> tuple[Appended | None, int]:
+        """Whether ``request`` is in the log (as an Appended), else the run's last seq."""
+        delay = 0.1
+        for _ in range(10):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                events = await self.settings.store.read_run_events(self.run.id)
+                run = await self.settings.store.get_run(self.run.id)
+            except StoreUnavailable:
+                continue  # still cannot tell: never guess "not landed"
+            if run is None or not events:
+                raise RunLost()
+            first = _position_of(request, events, after=self.seq)
+            if first is not None:
+                return Appended(run=run, first_seq=first), events[-1].seq
+            return None, events[-1].seq
+        raise RunLost()
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -354,3 +397,14 @@ class Execution:
         return await self.tracked(
             step_child.run_child(self, workflow, input, version=version, timeout=timeout, name=name)
         )
+
+
+def _position_of(request: AppendRequest, events: list[Event], *, after: int) -> int | None:
+    """The seq at which the request's events were appended after ``after``, if they were."""
+    mine = [ev.to_dict(e) for e in request.events]
+    newer = [e for e in events if e.seq > after]
+    for start in range(len(newer) - len(mine) + 1):
+        window = newer[start : start + len(mine)]
+        if [e.data for e in window] == mine:
+            return window[0].seq
+    return None

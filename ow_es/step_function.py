@@ -61,6 +61,7 @@ async def run_step(
     if until is not None and until > utcnow():
         raise ex.parking(Park("retry", name, until, attempt=attempt))
     ex.check_active()  # replayed steps above may still answer; nothing new starts once parking
+    await ex.ensure_lease()
     if ex.history.function_attempts >= ex.workflow.max_step_attempts:
         ex.limit_exceeded = True
         raise StepLimitExceeded(f"step {name!r}: the run reached its step attempt limit")

@@ -78,6 +78,7 @@ class Worker:
             threads=self._threads,
             max_payload_bytes=self.client.max_payload_bytes,
             workflows=self.client.registered,
+            lease_seconds=self.lease,
         )
         if handle_signals:
             self._install_signal_handlers()
@@ -113,13 +114,15 @@ class Worker:
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
             claimed: list[WorkflowRun] = []
+            # The lease runs from before the claim was sent, never later than the database's.
+            lease_deadline = asyncio.get_running_loop().time() + self.lease
             if free > 0:
                 try:
                     claimed = await store.claim(self.worker_id, workflows, free, self.lease)
                 except OwEsError as exc:
                     log.warning("claim failed: %s", exc)
             for run in claimed:
-                self._start(run, settings)
+                self._start(run, settings, lease_deadline)
             self.ready.set()
             if free > 0 and len(claimed) == free:
                 continue  # there may be more ready work
@@ -157,12 +160,12 @@ class Worker:
                 waiter.cancel()
             self._slot_freed.clear()
 
-    def _start(self, run: WorkflowRun, settings: Settings) -> None:
+    def _start(self, run: WorkflowRun, settings: Settings, lease_deadline: float) -> None:
         workflow = self.client.registered(run.workflow_name, run.version)
         if workflow is None:  # cannot happen: the claim filters by registered name and version
             log.error("claimed run %s of unknown workflow %s", run.id, run.workflow_name)
             return
-        execution = Execution(run, workflow, settings)
+        execution = Execution(run, workflow, settings, lease_deadline)
         task = asyncio.create_task(execution.execute(), name=f"ow-es-run-{run.id}")
         self._active[run.id] = (task, execution)
         task.add_done_callback(functools.partial(self._finished, run.id))
@@ -180,11 +183,16 @@ class Worker:
             claims = {run_id: ex.token for run_id, (_, ex) in self._active.items()}
             if not claims:
                 continue
+            sent = asyncio.get_running_loop().time()
             try:
                 held = await store.heartbeat(claims, self.lease)
             except OwEsError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            for run_id in held:
+                entry = self._active.get(run_id)
+                if entry is not None and entry[1].token == claims[run_id]:
+                    entry[1].lease_deadline = sent + self.lease
             for run_id in set(claims) - held:
                 entry = self._active.get(run_id)
                 if entry is not None and entry[1].token == claims[run_id]:

@@ -92,9 +92,26 @@ class ProjectionMachine(RuleBasedStateMachine):
     # -- rules -----------------------------------------------------------------------------
 
     @initialize()
-    def some_claimed_runs(self) -> None:
-        self.create_runs(4, keyed=False, deadline=False)
-        self.claim(3)
+    def a_tour_of_every_event_type(self) -> None:
+        """Start from a state that has seen every event type once (the rarer ones are unlikely
+        in short random sequences); the random rules go on from there."""
+        self.create_runs(4, keyed=False, deadline=True)  # the first is past its deadline
+        self.create_runs(4, keyed=True, deadline=False)
+        for action in (
+            lambda: self.claim(8),  # run_claimed, and run_failed for the deadline
+            lambda: self.steps([(0, 0, "started", False), (1, 1, "completed", False)]),
+            lambda: self.steps([(2, 2, "failed", True)]),
+            lambda: self.park(0, "sleep"),
+            lambda: self.park(0, "retry"),
+            lambda: self.wait_then_signal(0, keyed=False, from_run=True),
+            lambda: self.end_a_child(0),  # child_started, run_waiting, child_finished
+            lambda: self.claim(10),
+            lambda: self.finish(0, "complete"),
+            lambda: self.finish(0, "release"),
+            lambda: self.resume_or_wake(0),
+        ):
+            action()
+            self.rows = self._live_rows()
 
     @rule(count=st.integers(1, 4), keyed=st.booleans(), deadline=st.booleans())
     def create_runs(self, count: int, keyed: bool, deadline: bool) -> None:

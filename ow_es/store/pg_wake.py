@@ -65,6 +65,8 @@ class PostgresWakeChannel:
                 raise
             except Exception as exc:  # any connection trouble: retry, never die
                 log.warning("wake-up listener lost its connection: %s", exc)
+            if self._listening.is_set():
+                backoff = 0.1  # it was listening: a new incident, not another failed retry
             self._listening.clear()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,208 @@
+"""Chaos on the database connections.
+
+On PostgreSQL the workers' server sessions (pool and LISTEN connection) are terminated again
+and again while they work; they are found by an ``application_name`` set in the workers' URL,
+so no other session of the cluster is touched. An append whose commit outcome is unknown must
+be re-read, never appended twice; no run may be lost or fail because of it. The same fault
+(a lost commit reply, then a failed re-read) is also injected at the store port, on both
+backends, to pin the rule down deterministically."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import ow_es
+from tests.helpers import running_worker
+from tests.test_chaos_support import (
+    Fleet,
+    audit_attempts,
+    audit_executions,
+    audit_log,
+    describe,
+    read_executions,
+    statuses,
+    superseded,
+    wait_for,
+)
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[dict[str, Any]]:
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield {"url": pg_url, "schema": schema, "backend": "postgres"}
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def pg_client(pg_db: dict[str, Any]) -> AsyncIterator[ow_es.OpenWorkflow]:
+    ow = ow_es.OpenWorkflow(pg_db["url"], schema=pg_db["schema"])
+    try:
+        yield ow
+    finally:
+        await ow.close()
+
+
+async def test_dropped_connections_lose_nothing_and_append_nothing_twice(
+    pg_client: ow_es.OpenWorkflow, pg_db: dict[str, Any], tmp_path: Path
+) -> None:
+    ow = pg_client
+    await ow.connect()
+    total = 60
+    seed = time.time_ns() % 100_000
+    rng = random.Random(seed)
+    fleet = Fleet(pg_db, tmp_path)
+    try:
+        handles = [await ow.start("chaos", n) for n in range(total)]
+        workers = [fleet.spawn(lease="3s", heartbeat="500ms") for _ in range(2)]
+        for proc in workers:
+            await fleet.ready(proc)
+        terminated = 0
+        for _ in range(40):
+            await asyncio.sleep(rng.uniform(0.03, 0.15))
+            terminated += fleet.terminate_pg_sessions()
+            if (await statuses(ow))["completed"] == total:
+                break
+
+        async def settled() -> bool:
+            counts = await statuses(ow)
+            return counts["pending"] + counts["running"] == 0
+
+        await wait_for(settled, 60, "every run finished")
+        alive = [p.alive() for p in workers]
+    finally:
+        codes = fleet.stop_all()
+    assert terminated > 0
+    # A lost connection is an ordinary event: no worker process may die of it.
+    assert alive == [True, True], fleet.logs()
+    assert set(codes.values()) == {0}, (codes, fleet.logs())
+    counts = await statuses(ow)
+    assert counts["completed"] == total, (f"seed {seed}", counts, await _failures(ow))
+
+    problems: list[str] = []
+    evidence: list[str] = []
+    for n, handle in enumerate(handles):
+        events = await ow.history(handle.run_id)
+        rows = await ow.store.step_attempts(handle.run_id)
+        executions = read_executions(fleet.state, handle.run_id)
+        found = [
+            *audit_log(events),
+            *audit_attempts(events, rows),
+            *audit_executions(events, executions, superseded(events)),
+        ]
+        if (await handle.status()).output != [n, 2 * n, 3 * n, 4 * n, 5 * n]:
+            found.append("wrong output")
+        problems += [f"run {n} ({handle.run_id}): {p}" for p in found]
+        if found and len(evidence) < 3:
+            evidence.append(f"run {n} ({handle.run_id}):\n{describe(events)}")
+    assert not problems, "\n".join([f"seed {seed}:", *problems[:40], *evidence, fleet.logs()])
+    report = await ow.reproject(verify=True)
+    assert report.differences == [], report.differences[:10]
+
+
+async def _failures(ow: ow_es.OpenWorkflow) -> list[Any]:
+    page = await ow.list_runs(status="failed", limit=5)
+    return [run.error for run in page.runs]
+
+
+async def test_listener_backoff_starts_over_after_a_healthy_reconnection(
+    pg_db: dict[str, Any],
+) -> None:
+    """Each time the LISTEN connection is lost, the worker reconnects and claims at once.
+    Five losses spread over time (each after a successful reconnection) are five separate
+    incidents: the sixth must again be followed by a quick reconnection, not by a delay that
+    doubled with every earlier, long-healed incident."""
+    app_name = f"owc_{uuid.uuid4().hex[:12]}"
+    url = f"{pg_db['url']}{'&' if '?' in pg_db['url'] else '?'}application_name={app_name}"
+    ow = ow_es.OpenWorkflow(url, schema=pg_db["schema"])
+
+    @ow.workflow(name="echo")
+    async def echo(ctx: ow_es.Context, value: int) -> int:
+        return value
+
+    def kill_listener() -> int:
+        with psycopg.connect(pg_db["url"], autocommit=True) as admin:
+            return len(
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s AND query LIKE 'LISTEN%%'",
+                    [app_name],
+                ).fetchall()
+            )
+
+    try:
+        await ow.connect()
+        wake = ow.store.wake_channel()
+        # A long fallback poll: only the listener can start a run quickly.
+        async with running_worker(ow, poll_interval="30s"):
+            assert await (await echo.start(0)).result(timeout=10) == 0
+            for _ in range(5):
+                assert kill_listener() == 1
+                await wait_for(lambda: not wake.connected, 5, "the listener noticed")
+                await wait_for(lambda: wake.connected, 15, "the listener reconnected")
+                await asyncio.sleep(0.3)  # healthy for a while
+            assert kill_listener() == 1
+            await wait_for(lambda: not wake.connected, 5, "the listener noticed")
+            began = time.perf_counter()
+            handle = await echo.start(6)
+            assert await handle.result(timeout=30) == 6
+            elapsed = time.perf_counter() - began
+    finally:
+        await ow.close()
+    assert elapsed < 1.0, f"the run waited {elapsed:.2f}s for the listener to come back"
+
+
+async def test_unknown_commit_outcome_then_a_failed_reread_appends_nothing_twice(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """The connection drops as a step's completion commits (it landed, the worker cannot
+    know), and the first re-read fails too, as it does when a whole pool was cut off. The
+    worker must find out before it appends again: one completion in the log, not two."""
+    calls: list[str] = []
+
+    @ow.workflow(name="once")
+    async def once(ctx: ow_es.Context) -> int:
+        async def step() -> int:
+            calls.append("step")
+            return 1
+
+        return await ctx.step.run("step", step)
+
+    await ow.connect()
+    store = ow.store
+    real_append, real_read = store.append, store.read_run_events
+    faults = {"commit": 1, "reread": 0}
+
+    async def append(requests: Any) -> Any:
+        outcomes = await real_append(requests)
+        completes = any(e.TYPE == "step_completed" for r in requests for e in r.events)
+        if completes and faults["commit"]:
+            faults["commit"] -= 1
+            faults["reread"] = 1
+            raise ow_es.StoreUnavailable("simulated: connection lost while committing")
+        return outcomes
+
+    async def read_run_events(run_id: str) -> Any:
+        if faults["reread"]:
+            faults["reread"] -= 1
+            raise ow_es.StoreUnavailable("simulated: the pool's next connection is dead too")
+        return await real_read(run_id)
+
+    store.append = append  # type: ignore[method-assign]
+    store.read_run_events = read_run_events  # type: ignore[method-assign]
+    handle = await once.start()
+    async with running_worker(ow, lease="5s"):
+        assert await handle.result(timeout=20) == 1
+    assert faults == {"commit": 0, "reread": 0}  # both faults were hit
+    events = await ow.history(handle.run_id)
+    assert audit_log(events) == [], describe(events)
+    assert calls == ["step"]
