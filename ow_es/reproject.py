@@ -33,7 +33,7 @@ COMPARED: dict[str, list[str]] = {
     "workflow_runs": [c for c in RUN_COLUMNS if c != "lease_until"],
     "step_attempts": list(STEP_COLUMNS),
 }
-BATCH_SIZE = 20_000  # events per rebuild transaction
+BATCH_SIZE = 50_000  # events per rebuild transaction
 CACHE_LIMIT = 200_000
 
 
