@@ -108,12 +108,40 @@ class Execution:
                 log.warning("run %s: its history shows another claim; leaving it", self.run.id)
                 return
             self.seq = max(self.seq, self.history.seq)
+            await self._close_abandoned_attempts()
             await self._run_to_end()
         except RunLost:
             log.info("run %s: claim lost, dropping it", self.run.id)
         except Stale:
             await self._wait_idle()  # let sibling steps record their results first
             await self._release("new events arrived while it ran")
+
+    async def _close_abandoned_attempts(self) -> None:
+        """Attempts a lost worker left running are recorded as failed (not counted against the
+        retry budget), so every attempt row tells what became of it."""
+        if not self.history.unfinished:
+            return
+        error = {
+            "type": "WorkerLost",
+            "message": "the worker running this attempt lost the run (crash, pause or stop)",
+            "traceback": "",
+        }
+        events: list[ev.EventData] = [
+            ev.StepFailed(
+                step_name=name,
+                kind="function",
+                attempt=started.attempt,
+                error=error,
+                started_at=self.history.started_at[name],
+                final=False,
+                worker_id=self.settings.worker_id,
+                abandoned=True,
+            )
+            for name, started in sorted(self.history.unfinished.items())
+        ]
+        await self.append(events)
+        for event in events:
+            self.history.add(self.seq, utcnow(), event)
 
     async def _run_to_end(self) -> None:
         body = asyncio.ensure_future(self._call_body())

@@ -25,6 +25,8 @@ class History:
     signals: dict[str, ev.SignalReceived] = field(default_factory=dict)
     child_finished: dict[str, ev.ChildFinished] = field(default_factory=dict)
     function_attempts: int = 0
+    # Function step attempts started but never finished (their worker was lost mid-step).
+    unfinished: dict[str, ev.StepStarted] = field(default_factory=dict)
 
     @classmethod
     def of(cls, events: list[Event]) -> History:
@@ -46,19 +48,17 @@ class History:
                 self._attempted(data.step_name, data.attempt)
                 self.started[data.step_name] = data
                 self.started_at[data.step_name] = at
+                if data.kind == "function":
+                    self.unfinished[data.step_name] = data
             case ev.StepCompleted():
                 self._attempted(data.step_name, data.attempt)
+                self.unfinished.pop(data.step_name, None)
                 self.completed[data.step_name] = data
                 self.final_failures.pop(data.step_name, None)
                 if data.kind == "function":
                     self.function_attempts += 1
             case ev.StepFailed():
-                self._attempted(data.step_name, data.attempt)
-                self.failures[data.step_name] = self.failures.get(data.step_name, 0) + 1
-                if data.final:
-                    self.final_failures[data.step_name] = data
-                if data.kind == "function":
-                    self.function_attempts += 1
+                self._failed(data)
             case ev.RetryScheduled():
                 if data.step_name is None:
                     self._fresh_budgets()
@@ -72,6 +72,17 @@ class History:
                 self.child_finished[data.step_name] = data
             case _:
                 pass
+
+    def _failed(self, data: ev.StepFailed) -> None:
+        self._attempted(data.step_name, data.attempt)
+        self.unfinished.pop(data.step_name, None)
+        if data.kind == "function":
+            self.function_attempts += 1  # it ran, even abandoned: a step killing workers is bounded
+        if data.abandoned:
+            return  # a lost worker's attempt never counts against the retry budget
+        self.failures[data.step_name] = self.failures.get(data.step_name, 0) + 1
+        if data.final:
+            self.final_failures[data.step_name] = data
 
     def _attempted(self, step_name: str, attempt: int) -> None:
         self.attempts[step_name] = max(self.attempts.get(step_name, 0), attempt)

@@ -129,3 +129,34 @@ async def test_old_format_events_are_upcast(ow: ow_es.OpenWorkflow, db: dict[str
         {"type": "IOError", "message": "disk", "traceback": ""},
     )
     assert (await ow.reproject(verify=True)).differences == []
+
+
+async def test_an_attempt_abandoned_by_a_lost_worker_is_closed_not_counted(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    from datetime import UTC, datetime
+
+    from ow_es import events as ev
+    from ow_es.store import AppendRequest
+
+    @ow.workflow(name="once")
+    async def once(ctx: ow_es.Context) -> str:
+        # A budget of one attempt: the abandoned attempt must not use it up.
+        return await ctx.step.run("a", lambda: "done", retry=ow_es.RetryPolicy(maximum_attempts=1))
+
+    await ow.connect()
+    handle = await once.start()
+    # A worker claims the run, starts the step, and dies (its lease simply runs out).
+    (run,) = await ow.store.claim("dead-worker", [("once", None)], 1, 0.2)
+    started = ev.StepStarted(step_name="a", kind="function", attempt=1, worker_id="dead-worker")
+    await ow.store.append(
+        [AppendRequest(run_id=run.id, claim_token=run.claim_token, events=[started])]
+    )
+    async with running_worker(ow):
+        assert await handle.result(timeout=15) == "done"
+    attempts = await ow.store.step_attempts(handle.run_id)
+    assert [(s.attempt, s.status) for s in attempts] == [(1, "failed"), (2, "completed")]
+    assert attempts[0].error is not None and attempts[0].error["type"] == "WorkerLost"
+    abandoned = [e for e in await ow.history(handle.run_id) if e.type == "step_failed"]
+    assert abandoned[0].data["abandoned"] is True and abandoned[0].data["final"] is False
+    assert abandoned[0].created_at > datetime(2000, 1, 1, tzinfo=UTC)

@@ -294,6 +294,8 @@ def audit_executions(
     recorded: dict[str, Counter[int]] = defaultdict(Counter)
     completed: set[str] = set()
     for e in events:
+        if e.data.get("abandoned"):
+            continue  # the next owner closes a lost worker's attempt: it ran nothing itself
         if e.type in ("step_completed", "step_failed") and e.data.get("kind") == "function":
             recorded[e.data["step_name"]][pid_of(e.data["worker_id"])] += 1
             if e.type == "step_completed":
