@@ -47,7 +47,6 @@ class Settings:
     committer: GroupCommitter
     threads: Executor
     max_payload_bytes: int
-    workflows: Callable[[str, str | None], Workflow[Any] | None]
     lease_seconds: float = 30.0
 
 

@@ -60,10 +60,6 @@ class GateTx(RebuildTx, Protocol):
         """Carry live leases over, then swap shadow and live tables."""
         ...
 
-    async def diff(self) -> list[Difference]:
-        """Rows that differ between shadow and live tables (``lease_until`` left out)."""
-        ...
-
 
 class Frozen(Protocol):
     """The append gate held across transactions, for a consistent verify."""

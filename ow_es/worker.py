@@ -77,7 +77,6 @@ class Worker:
             committer=GroupCommitter(store),
             threads=self._threads,
             max_payload_bytes=self.client.max_payload_bytes,
-            workflows=self.client.registered,
             lease_seconds=self.lease,
         )
         if handle_signals:

@@ -102,8 +102,6 @@ class Store(Protocol):
 
     async def get_run(self, run_id: str) -> WorkflowRun | None: ...
 
-    async def find_by_idempotency_key(self, workflow_name: str, key: str) -> WorkflowRun | None: ...
-
     async def list_runs(
         self,
         *,

@@ -19,24 +19,6 @@ from ow_es.store import codec
 from ow_es.store.postgres import PostgresStore, _run_params, _step_params
 
 
-def _upsert(
-    table: str, columns: tuple[str, ...], key: tuple[str, ...], json_cols: frozenset[str]
-) -> sql.Composed:
-    values = [sql.SQL("%s::jsonb" if c in json_cols else "%s") for c in columns]
-    updates = [
-        sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
-        for c in columns
-        if c not in key
-    ]
-    return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(values),
-        sql.SQL(", ").join(map(sql.Identifier, key)),
-        sql.SQL(", ").join(updates),
-    )
-
-
 def _upsert_from_stage(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.Composed:
     updates = [
         sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
@@ -55,12 +37,6 @@ _UPSERT_FROM_STAGE = {
     "workflow_runs": _upsert_from_stage("workflow_runs", RUN_COLUMNS, TABLES["workflow_runs"]),
     "step_attempts": _upsert_from_stage("step_attempts", STEP_COLUMNS, TABLES["step_attempts"]),
 }
-_UPSERT_RUN = _upsert(
-    "workflow_runs_rebuild", RUN_COLUMNS, ("namespace_id", "id"), codec.JSON_RUN_COLUMNS
-)
-_UPSERT_STEP = _upsert(
-    "step_attempts_rebuild", STEP_COLUMNS, TABLES["step_attempts"], codec.JSON_STEP_COLUMNS
-)
 _READ = """
 SELECT namespace_id, run_id, seq, type, schema_version, data::text, created_at,
        tx_id::text AS tx_text, position

@@ -23,7 +23,6 @@ class Plan:
     """Writes of one round, in log order."""
 
     events: list[Recorded] = field(default_factory=list)
-    inserted_runs: list[WorkflowRun] = field(default_factory=list)
     updated_runs: list[tuple[WorkflowRun, WorkflowRun]] = field(default_factory=list)  # old, new
     steps: list[StepAttempt] = field(default_factory=list)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
@@ -150,7 +149,6 @@ def plan_create(namespace: str, now: datetime, request: AppendRequest) -> tuple[
     """Plan a new run; the adapter inserts the row first and drops the plan on a key clash."""
     plan = Plan()
     new = _fold(plan, None, request, now, namespace)
-    plan.inserted_runs.append(new)
     _note_transitions(plan, None, new, now)
     return plan, new
 
@@ -176,18 +174,13 @@ def claim_requests(
     return requests
 
 
-def claimed_runs(plan: Plan, count: int) -> list[WorkflowRun]:
-    runs = []
-    for index in range(count):
-        outcome = plan.outcomes.get(index)
-        if isinstance(outcome, Appended) and outcome.run.claim_token is not None:
-            runs.append(outcome.run)
-    return runs
+def claimed_runs(outcomes: list[Outcome]) -> list[WorkflowRun]:
+    """The runs a claim batch holds (a run past its deadline was failed instead)."""
+    return [o.run for o in outcomes if isinstance(o, Appended) and o.run.claim_token is not None]
 
 
 def merge(into: Plan, other: Plan) -> None:
     into.events.extend(other.events)
-    into.inserted_runs.extend(other.inserted_runs)
     into.updated_runs.extend(other.updated_runs)
     into.steps.extend(other.steps)
     into.outcomes.update(other.outcomes)

@@ -283,12 +283,6 @@ class PostgresStore(TransactionalStore):
         rows = await self._fetch(Q["get_run"], {"id": run_id}, "reading a run")
         return codec.run_from_row(rows[0]) if rows else None
 
-    async def find_by_idempotency_key(self, workflow_name: str, key: str) -> WorkflowRun | None:
-        rows = await self._fetch(
-            Q["find_by_key"], {"name": workflow_name, "key": key}, "reading a run"
-        )
-        return codec.run_from_row(rows[0]) if rows else None
-
     async def list_runs(
         self, *, status: str | None, workflow_name: str | None, limit: int, cursor: str | None
     ) -> RunPage:

@@ -244,10 +244,6 @@ class SqliteStore(TransactionalStore):
         rows = await self._fetch(Q["get_run"], (self.namespace, run_id))
         return codec.run_from_row(rows[0]) if rows else None
 
-    async def find_by_idempotency_key(self, workflow_name: str, key: str) -> WorkflowRun | None:
-        rows = await self._fetch(Q["find_by_key"], (self.namespace, workflow_name, key))
-        return codec.run_from_row(rows[0]) if rows else None
-
     async def list_runs(
         self, *, status: str | None, workflow_name: str | None, limit: int, cursor: str | None
     ) -> RunPage:

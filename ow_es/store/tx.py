@@ -117,7 +117,6 @@ class Transaction(abc.ABC):
             for index, request in creates:
                 if request.run_id in inserted:
                     created, run = plan_create(self.namespace, now, request)
-                    created.inserted_runs.clear()  # the row is in already
                     created.outcomes[index] = Appended(run=run, created=True, first_seq=1)
                     merge(plan, created)
                 else:
@@ -147,9 +146,7 @@ class Transaction(abc.ABC):
         if not rows:
             return []
         requests = claim_requests(rows, worker_id, await self.clock(), lease_seconds)
-        outcomes = await self.apply(requests, locked={row.id: row for row in rows})
-        plan = Plan(outcomes=dict(enumerate(outcomes)))
-        return claimed_runs(plan, len(requests))
+        return claimed_runs(await self.apply(requests, locked={row.id: row for row in rows}))
 
     async def cancel(self, run_id: str, *, cascade: bool) -> Outcome:
         """Cancel a run and, with ``cascade``, its descendants, all in this transaction. Each

@@ -35,10 +35,6 @@ class DoneWaiters:
             for event in waiters:
                 event.set()
 
-    @property
-    def watched(self) -> list[str]:
-        return list(self._waiters)
-
 
 class Waiter:
     def __init__(self, owner: DoneWaiters, run_id: str, event: asyncio.Event) -> None:
