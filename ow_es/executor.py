@@ -309,6 +309,8 @@ class Execution:
         out from the log whether it landed before sending anything again; a resend is
         conditioned on the run being unchanged since that read, so a late landing of the first
         commit cannot be doubled."""
+        # Where to look for it: our own parallel appends may move ``self.seq`` on meanwhile.
+        after = self.seq
         attempt = request
         for _ in range(8):
             try:
@@ -320,15 +322,16 @@ class Execution:
                 if not (resent and isinstance(outcome, StaleRun)):
                     return outcome
                 # The run changed since we looked: perhaps our first commit landed after all.
-            landed, seq = await self._find_out(request)
+            landed, seq = await self._find_out(request, after)
             if landed is not None:
                 return landed
             expected = request.expected_seq if request.expected_seq is not None else seq
             attempt = msgspec.structs.replace(request, expected_seq=expected)
         raise RunLost()
 
-    async def _find_out(self, request: AppendRequest) -> tuple[Appended | None, int]:
-        """Whether ``request`` is in the log (as an Appended), else the run's last seq."""
+    async def _find_out(self, request: AppendRequest, after: int) -> tuple[Appended | None, int]:
+        """Whether ``request`` is in the log after seq ``after`` (as an Appended), else the
+        run's last seq."""
         delay = 0.1
         for _ in range(10):
             await asyncio.sleep(delay)
@@ -340,7 +343,7 @@ class Execution:
                 continue  # still cannot tell: never guess "not landed"
             if run is None or not events:
                 raise RunLost()
-            first = _position_of(request, events, after=self.seq)
+            first = _position_of(request, events, after=after)
             if first is not None:
                 return Appended(run=run, first_seq=first), events[-1].seq
             return None, events[-1].seq

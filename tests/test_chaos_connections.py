@@ -206,3 +206,44 @@ async def test_unknown_commit_outcome_then_a_failed_reread_appends_nothing_twice
     events = await ow.history(handle.run_id)
     assert audit_log(events) == [], describe(events)
     assert calls == ["step"]
+
+
+async def test_unknown_outcome_of_a_batch_with_parallel_steps_appends_each_once(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """Two parallel steps start in one group commit whose outcome is lost. Each finds its own
+    start in the log; the first to find it moves the run's position on, which must not hide
+    the second's start from it (it would append it again)."""
+
+    @ow.workflow(name="pair")
+    async def pair(ctx: ow_es.Context) -> list[int]:
+        async def one() -> int:
+            await asyncio.sleep(0.2)  # past the grace period, so its start is recorded
+            return 1
+
+        async def two() -> int:
+            await asyncio.sleep(0.2)
+            return 2
+
+        return list(await asyncio.gather(ctx.step.run("b", one), ctx.step.run("c", two)))
+
+    await ow.connect()
+    store = ow.store
+    real_append = store.append
+    batches: list[set[str]] = []
+
+    async def append(requests: Any) -> Any:
+        outcomes = await real_append(requests)
+        started = {e.step_name for r in requests for e in r.events if e.TYPE == "step_started"}
+        if not batches and started:
+            batches.append(started)
+            raise ow_es.StoreUnavailable("simulated: connection lost while committing")
+        return outcomes
+
+    store.append = append  # type: ignore[method-assign]
+    handle = await pair.start()
+    async with running_worker(ow, lease="5s"):
+        assert await handle.result(timeout=20) == [1, 2]
+    assert batches == [{"b", "c"}]  # both starts shared the commit whose outcome was lost
+    events = await ow.history(handle.run_id)
+    assert audit_log(events) == [], describe(events)
