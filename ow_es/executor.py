@@ -64,6 +64,7 @@ class Execution:
         assert run.claim_token is not None
         self.token: str = run.claim_token
         self.seq = run.seq
+        self.row: WorkflowRun | None = run  # the row as of our last append, while it is current
         self.history = History()
         self._names: dict[str, int] = {}  # base name -> last suffix handed out
         self._used: set[str] = set()
@@ -286,6 +287,7 @@ class Execution:
             events=events,
             claim_token=self.token,
             expected_seq=self.seq if expect else None,
+            known=self.row if self.row is not None and self.row.seq == self.seq else None,
         )
         outcome = await self._submit(request)
         if isinstance(outcome, StaleRun):
@@ -303,6 +305,7 @@ class Execution:
         run is replayed with those events instead of parking past them."""
         if outcome.first_seq == self.seq + 1:
             self.seq = outcome.run.seq
+            self.row = outcome.run
 
     async def _submit(self, request: AppendRequest) -> Outcome:
         """Append exactly once. When a commit's outcome is unknown (a dropped connection), find

@@ -51,7 +51,12 @@ async def _claimed_by(ow: ow_es.OpenWorkflow, run_id: str, proc: Proc) -> bool:
 
 def _commit_waits(fleet: Fleet, proc: Proc) -> bool:
     sessions = fleet.pg_sessions(proc)
-    return any(s["wait_event_type"] == "Lock" and s["query"] == "COMMIT" for s in sessions)
+    # The commit of a pipelined transaction, or of a one-statement append (autocommit).
+    return any(
+        s["wait_event_type"] == "Lock"
+        and (s["query"] == "COMMIT" or "INSERT INTO events" in s["query"])
+        for s in sessions
+    )
 
 
 async def test_thawed_worker_writes_nothing_after_a_takeover(

@@ -82,8 +82,17 @@ class ProjectionMachine(RuleBasedStateMachine):
     def _append(self, requests: list[AppendRequest]) -> list[Any]:
         return list(self.do(self.client.store.append(requests)))
 
-    def _fenced(self, run: WorkflowRun, *events: ev.EventData) -> AppendRequest:
-        return AppendRequest(run_id=run.id, claim_token=run.claim_token, events=list(events))
+    def _fenced(self, run: WorkflowRun, *events: ev.EventData, hint: str = "none") -> AppendRequest:
+        """``hint``: the row the writer believes current, as a worker passes it (Postgres then
+        appends in one statement when it is); "stale" is one append behind."""
+        known = {
+            "none": None,
+            "current": run,
+            "stale": msgspec.structs.replace(run, seq=run.seq - 1),
+        }[hint]
+        return AppendRequest(
+            run_id=run.id, claim_token=run.claim_token, events=list(events), known=known
+        )
 
     def _new_id(self) -> str:
         self.counter += 1
@@ -100,13 +109,13 @@ class ProjectionMachine(RuleBasedStateMachine):
         for action in (
             lambda: self.claim(8),  # run_claimed, and run_failed for the deadline
             lambda: self.steps([(0, 0, "started", False), (1, 1, "completed", False)]),
-            lambda: self.steps([(2, 2, "failed", True)]),
+            lambda: self.steps([(2, 2, "failed", True)], "current"),
             lambda: self.park(0, "sleep"),
             lambda: self.park(0, "retry"),
             lambda: self.wait_then_signal(0, keyed=False, from_run=True),
             lambda: self.end_a_child(0),  # child_started, run_waiting, child_finished
             lambda: self.claim(10),
-            lambda: self.finish(0, "complete"),
+            lambda: self.finish(0, "complete", "current"),
             lambda: self.finish(0, "release"),
             lambda: self.resume_or_wake(0),
         ):
@@ -146,9 +155,10 @@ class ProjectionMachine(RuleBasedStateMachine):
             ),
             min_size=1,
             max_size=4,
-        )
+        ),
+        hint=st.sampled_from(["none", "current", "stale"]),
     )
-    def steps(self, picks: list[tuple[int, int, str, bool]]) -> None:
+    def steps(self, picks: list[tuple[int, int, str, bool]], hint: str = "none") -> None:
         claimed = self._claimed()
         requests = []
         for pick, number, kind, final in picks:  # a run may appear twice, as parallel steps do
@@ -168,7 +178,7 @@ class ProjectionMachine(RuleBasedStateMachine):
                     step_name=name, kind="function", attempt=2, error=error,
                     started_at=_now(), final=final,
                 )  # fmt: skip
-            requests.append(self._fenced(run, event))
+            requests.append(self._fenced(run, event, hint=hint))
         self._append(requests)
 
     @rule(
@@ -260,8 +270,12 @@ class ProjectionMachine(RuleBasedStateMachine):
                 )
             )
 
-    @rule(pick=st.integers(0, 1000), end=st.sampled_from(["complete", "fail", "cancel", "release"]))
-    def finish(self, pick: int, end: str) -> None:
+    @rule(
+        pick=st.integers(0, 1000),
+        end=st.sampled_from(["complete", "fail", "cancel", "release"]),
+        hint=st.sampled_from(["none", "current", "stale"]),
+    )
+    def finish(self, pick: int, end: str, hint: str = "none") -> None:
         if end == "cancel":
             run = self._pick(pick, self._runs(lambda r: not r.is_terminal))
             if run is not None:
@@ -275,7 +289,7 @@ class ProjectionMachine(RuleBasedStateMachine):
             "fail": ev.RunFailed(error={"type": "E", "message": "m", "traceback": "t"}),
             "release": ev.RunReleased(worker_id="worker-1", reason="stop"),
         }[end]
-        self._append([self._fenced(run, event)])
+        self._append([self._fenced(run, event, hint=hint)])
 
     @rule(pick=st.integers(0, 1000))
     def end_a_child(self, pick: int) -> None:

@@ -28,12 +28,15 @@ class AppendRequest(msgspec.Struct, kw_only=True):
 
     ``claim_token`` fences the append: it is accepted only while the run is ``running`` under
     that claim. ``expected_seq`` additionally requires that nothing else was appended since.
+    ``known``: the run's row as the writer last saw it, a hint an adapter may use to skip
+    reading the row (it must still check that the row is unchanged).
     """
 
     run_id: str
     events: list[EventData]
     claim_token: str | None = None
     expected_seq: int | None = None
+    known: WorkflowRun | None = None
 
 
 class Appended(msgspec.Struct, kw_only=True):

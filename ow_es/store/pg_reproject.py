@@ -95,6 +95,9 @@ class PgRebuildTx:
         await self.conn.execute(_UPSERT_FROM_STAGE[table])
 
     async def swap(self) -> None:
+        # In the order every writer takes them (the run row first), so a writer that holds the
+        # run table but not yet the gate (the one-statement append) cannot deadlock with us.
+        await self.conn.execute("LOCK TABLE workflow_runs, step_attempts IN ACCESS EXCLUSIVE MODE")
         await self.conn.execute(
             "UPDATE workflow_runs_rebuild s SET lease_until = l.lease_until FROM workflow_runs l"
             " WHERE s.namespace_id = l.namespace_id AND s.id = l.id"

@@ -20,8 +20,8 @@ from ow_es.config import redact
 from ow_es.errors import ConcurrencyError, OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
-from ow_es.store import codec, migrator
-from ow_es.store.base import LogBatch, WorkflowKey
+from ow_es.store import codec, migrator, pg_owner_append
+from ow_es.store.base import Appended, AppendRequest, LogBatch, Outcome, WorkflowKey
 from ow_es.store.named_queries import load
 from ow_es.store.pg_wake import PostgresWakeChannel
 from ow_es.store.planner import Plan
@@ -238,6 +238,32 @@ class PostgresStore(TransactionalStore):
             except _Retry:
                 continue
         raise ConcurrencyError(f"{what}: kept deadlocking; gave up after 5 tries")
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        if len(requests) == 1:
+            owner = pg_owner_append.prepare(self.namespace, requests[0])
+            if owner is not None:
+                outcome = await self._owner_append(owner, requests[0])
+                if outcome is not None:
+                    return [outcome]
+        return await super().append(requests)
+
+    async def _owner_append(
+        self, owner: pg_owner_append.OwnerAppend, request: AppendRequest
+    ) -> Appended | None:
+        """The one-statement append; None when the run changed (take the general path)."""
+        assert request.claim_token is not None
+        query, params = pg_owner_append.statement(
+            owner, self._gate_key, self.done_channel, request.claim_token
+        )
+        async with self._conn("appending events") as conn:
+            try:
+                cur = await conn.execute(cast(Any, query), params, prepare=True)
+            except _RETRYABLE:
+                return None
+            row = await cur.fetchone()
+        assert row is not None
+        return pg_owner_append.outcome(owner, row[1]) if row[0] else None
 
     def _workflow_params(self, workflows: Sequence[WorkflowKey]) -> dict[str, Any]:
         return {

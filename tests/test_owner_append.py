@@ -1,0 +1,167 @@
+"""The claim owner's one-statement append (Postgres): taken when the writer's row is current,
+left for the general path when it is not, and held back by the append gate like any append."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+
+import ow_es
+from ow_es import events as ev
+from ow_es.models import WorkflowRun
+from ow_es.store import Appended, AppendRequest
+from ow_es.store.postgres import PostgresStore
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    client = await ow_es.connect(pg_url, schema=schema)
+    assert isinstance(client.store, PostgresStore)
+    try:
+        yield client.store
+    finally:
+        await client.close()
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def count_transactions(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The general path runs every append as a ``store.run`` transaction: count them."""
+    calls: list[str] = []
+    general = store.run
+
+    async def run(what: str, fn: Any) -> Any:
+        calls.append(what)
+        return await general(what, fn)
+
+    monkeypatch.setattr(store, "run", run)
+    return calls
+
+
+async def claimed_run(store: PostgresStore) -> WorkflowRun:
+    created = AppendRequest(
+        run_id=uuid.uuid4().hex,
+        events=[ev.RunCreated(workflow_name="wf", available_at=datetime.now(UTC))],
+    )
+    await store.append([created])
+    (run,) = await store.claim("worker-1", [("wf", None)], 1, 30)
+    return run
+
+
+def completed(step: str) -> ev.StepCompleted:
+    return ev.StepCompleted(
+        step_name=step, kind="function", attempt=1, output=[step], started_at=datetime.now(UTC)
+    )
+
+
+async def test_a_current_row_appends_in_one_statement(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = await claimed_run(store)
+    transactions = count_transactions(store, monkeypatch)
+    outcomes = []
+    known = run
+    for step in ("a", "b"):
+        (outcome,) = await store.append(
+            [
+                AppendRequest(
+                    run_id=run.id,
+                    claim_token=run.claim_token,
+                    events=[completed(step)],
+                    known=known,
+                )
+            ]
+        )
+        assert isinstance(outcome, Appended)
+        outcomes.append(outcome)
+        known = outcome.run
+    (end,) = await store.append(
+        [
+            AppendRequest(
+                run_id=run.id,
+                claim_token=run.claim_token,
+                events=[ev.RunCompleted(output=1)],
+                known=known,
+            )
+        ]
+    )
+    assert transactions == []  # none of the three took the general path
+    assert isinstance(end, Appended)
+    # What the statement wrote is what the general path would have: the row as returned
+    # (with the transaction's time patched in), the steps and the events.
+    live = await store.get_run(run.id)
+    assert live is not None
+    assert msgspec.structs.replace(end.run, lease_until=None) == live
+    assert live.status == "completed" and live.output == 1 and live.seq == run.seq + 3
+    assert live.finished_at == live.updated_at
+    steps = await store.step_attempts(run.id)
+    assert [(s.step_name, s.status, s.output) for s in steps] == [
+        ("a", "completed", ["a"]),
+        ("b", "completed", ["b"]),
+    ]
+    events = await store.read_run_events(run.id)
+    assert [e.type for e in events[-3:]] == ["step_completed", "step_completed", "run_completed"]
+    assert events[-1].created_at == live.finished_at  # the transaction's time, not a client's
+    assert [o.first_seq for o in outcomes] == [run.seq + 1, run.seq + 2]
+
+
+async def test_a_stale_row_takes_the_general_path(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = await claimed_run(store)
+    (first,) = await store.append(
+        [AppendRequest(run_id=run.id, claim_token=run.claim_token, events=[completed("a")])]
+    )
+    assert isinstance(first, Appended)
+    transactions = count_transactions(store, monkeypatch)
+    (outcome,) = await store.append(
+        [
+            AppendRequest(
+                run_id=run.id, claim_token=run.claim_token, events=[completed("b")], known=run
+            )
+        ]
+    )
+    assert transactions == ["appending events"]  # the row moved on: the general path decided
+    assert isinstance(outcome, Appended) and outcome.first_seq == run.seq + 2
+    events = await store.read_run_events(run.id)
+    assert [e.seq for e in events] == list(range(1, run.seq + 3))  # nothing written twice
+
+
+async def test_a_lost_claim_writes_nothing(store: PostgresStore) -> None:
+    run = await claimed_run(store)
+    await store.append([AppendRequest(run_id=run.id, events=[ev.RunCanceled(reason="x")])])
+    (outcome,) = await store.append(
+        [
+            AppendRequest(
+                run_id=run.id, claim_token=run.claim_token, events=[completed("a")], known=run
+            )
+        ]
+    )
+    assert isinstance(outcome, ow_es.ConcurrencyError)
+    assert await store.step_attempts(run.id) == []
+
+
+async def test_the_append_gate_holds_it_back(store: PostgresStore, pg_url: str) -> None:
+    """A verify holds the gate across transactions; an owner's append must wait for it."""
+    run = await claimed_run(store)
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+        await admin.execute("SELECT pg_advisory_lock(%s)", [store._gate_key])
+        request = AppendRequest(
+            run_id=run.id, claim_token=run.claim_token, events=[completed("a")], known=run
+        )
+        task = asyncio.create_task(store.append([request]))
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        assert await store.step_attempts(run.id) == []  # nothing slipped past the gate
+        await admin.execute("SELECT pg_advisory_unlock(%s)", [store._gate_key])
+        (outcome,) = await asyncio.wait_for(task, 10)
+    assert isinstance(outcome, Appended)
+    assert [s.step_name for s in await store.step_attempts(run.id)] == ["a"]
