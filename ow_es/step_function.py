@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import typing
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -25,10 +27,25 @@ if TYPE_CHECKING:
 STARTED_GRACE_SECONDS = 0.05
 
 
+# get_type_hints is slow (it evaluates annotations): once per function object.
+_return_types: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+
+
 def _return_type(fn: Callable[..., Any]) -> Any:
     annotations = getattr(fn, "__annotations__", None)
     if not annotations or "return" not in annotations:
         return Any  # lambdas and unannotated functions: skip the costly get_type_hints
+    try:
+        return _return_types[fn]
+    except (KeyError, TypeError):  # TypeError: not weakly referenceable (a C callable)
+        pass
+    hint = _evaluate_return_type(fn)
+    with contextlib.suppress(TypeError):
+        _return_types[fn] = hint
+    return hint
+
+
+def _evaluate_return_type(fn: Callable[..., Any]) -> Any:
     try:
         hint = typing.get_type_hints(fn).get("return", Any)
     except Exception:

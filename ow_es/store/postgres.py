@@ -20,7 +20,7 @@ from ow_es.config import redact
 from ow_es.errors import ConcurrencyError, OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
-from ow_es.store import codec, migrator, pg_owner_append
+from ow_es.store import codec, migrator, pg_single
 from ow_es.store.base import Appended, AppendRequest, LogBatch, Outcome, WorkflowKey
 from ow_es.store.named_queries import load
 from ow_es.store.pg_wake import PostgresWakeChannel
@@ -241,20 +241,17 @@ class PostgresStore(TransactionalStore):
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
         if len(requests) == 1:
-            owner = pg_owner_append.prepare(self.namespace, requests[0])
-            if owner is not None:
-                outcome = await self._owner_append(owner, requests[0])
+            single = pg_single.prepare(self.namespace, requests[0])
+            if single is not None:
+                outcome = await self._append_single(single, requests[0].claim_token)
                 if outcome is not None:
                     return [outcome]
         return await super().append(requests)
 
-    async def _owner_append(
-        self, owner: pg_owner_append.OwnerAppend, request: AppendRequest
-    ) -> Appended | None:
-        """The one-statement append; None when the run changed (take the general path)."""
-        assert request.claim_token is not None
-        query, params = pg_owner_append.statement(
-            owner, self._gate_key, self.done_channel, request.claim_token
+    async def _append_single(self, single: pg_single.Single, token: str | None) -> Appended | None:
+        """The one-statement append; None when it wrote nothing (take the general path)."""
+        query, params = pg_single.statement(
+            single, self._gate_key, (self.ready_channel, self.done_channel), token
         )
         async with self._conn("appending events") as conn:
             try:
@@ -263,7 +260,7 @@ class PostgresStore(TransactionalStore):
                 return None
             row = await cur.fetchone()
         assert row is not None
-        return pg_owner_append.outcome(owner, row[1]) if row[0] else None
+        return pg_single.outcome(single, row[1]) if row[0] else None
 
     def _workflow_params(self, workflows: Sequence[WorkflowKey]) -> dict[str, Any]:
         return {

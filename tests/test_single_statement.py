@@ -1,5 +1,5 @@
-"""The claim owner's one-statement append (Postgres): taken when the writer's row is current,
-left for the general path when it is not, and held back by the append gate like any append."""
+"""One-statement appends (Postgres): a new run, and the claim owner's append when its row is
+current; the general path when the statement cannot decide; held back by the append gate."""
 
 from __future__ import annotations
 
@@ -165,3 +165,52 @@ async def test_the_append_gate_holds_it_back(store: PostgresStore, pg_url: str) 
         (outcome,) = await asyncio.wait_for(task, 10)
     assert isinstance(outcome, Appended)
     assert [s.step_name for s in await store.step_attempts(run.id)] == ["a"]
+
+
+def created(key: str | None = None) -> AppendRequest:
+    return AppendRequest(
+        run_id=uuid.uuid4().hex,
+        events=[
+            ev.RunCreated(workflow_name="wf", available_at=datetime.now(UTC), idempotency_key=key)
+        ],
+    )
+
+
+async def test_a_new_run_is_one_statement(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = count_transactions(store, monkeypatch)
+    (outcome,) = await store.append([created("k")])
+    assert transactions == []
+    assert isinstance(outcome, Appended) and outcome.created and outcome.first_seq == 1
+    live = await store.get_run(outcome.run.id)
+    assert live == outcome.run  # the returned row carries the transaction's time
+    assert live is not None and live.created_at == live.updated_at
+    (event,) = await store.read_run_events(live.id)
+    assert (event.seq, event.type, event.created_at) == (1, "run_created", live.created_at)
+
+
+async def test_a_taken_key_returns_the_existing_run(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (first,) = await store.append([created("same")])
+    transactions = count_transactions(store, monkeypatch)
+    (again,) = await store.append([created("same")])
+    assert transactions == ["appending events"]  # nothing written: the general path answered
+    assert isinstance(first, Appended) and isinstance(again, Appended)
+    assert not again.created and again.run.id == first.run.id
+    page = await store.list_runs(status=None, workflow_name=None, limit=10, cursor=None)
+    assert [r.id for r in page.runs] == [first.run.id]
+
+
+async def test_the_append_gate_holds_a_new_run_back(store: PostgresStore, pg_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+        await admin.execute("SELECT pg_advisory_lock(%s)", [store._gate_key])
+        task = asyncio.create_task(store.append([created()]))
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        page = await store.list_runs(status=None, workflow_name=None, limit=10, cursor=None)
+        assert page.runs == []
+        await admin.execute("SELECT pg_advisory_unlock(%s)", [store._gate_key])
+        (outcome,) = await asyncio.wait_for(task, 10)
+    assert isinstance(outcome, Appended) and outcome.created
