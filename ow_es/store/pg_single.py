@@ -67,6 +67,7 @@ _RUN_CASTS = tuple(
     for c in RUN_COLUMNS
 )
 _STEP_KEY = ("namespace_id", "run_id", "step_name", "attempt")
+_MAX_EVENTS = 4  # each count of rows is its own statement text: keep their number small
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Single:
 
 def prepare(namespace: str, request: AppendRequest) -> Single | None:
     """The plan of ``request`` if it can be written in one statement."""
-    if not request.events:
+    if not request.events or len(request.events) > _MAX_EVENTS:
         return None
     marker = utcnow()
     if is_create(request):
