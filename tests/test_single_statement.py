@@ -18,6 +18,7 @@ from ow_es import events as ev
 from ow_es.models import WorkflowRun
 from ow_es.store import Appended, AppendRequest
 from ow_es.store.postgres import PostgresStore
+from ow_es.store.tx import TransactionalStore
 
 
 @pytest.fixture
@@ -214,3 +215,53 @@ async def test_the_append_gate_holds_a_new_run_back(store: PostgresStore, pg_url
         await admin.execute("SELECT pg_advisory_unlock(%s)", [store._gate_key])
         (outcome,) = await asyncio.wait_for(task, 10)
     assert isinstance(outcome, Appended) and outcome.created
+
+
+async def test_a_batch_writes_each_append_once_whichever_way_it_goes(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group commit: current rows are one statement each in one transaction; a stale row, a
+    run named twice and a request without a row go the general way, in order."""
+    current, stale, twice, plain = [await claimed_run(store) for _ in range(4)]
+    # ``stale`` moves on behind its worker's back.
+    await store.append(
+        [AppendRequest(run_id=stale.id, claim_token=stale.claim_token, events=[completed("x")])]
+    )
+    general_path: list[list[str]] = []
+    general_append = TransactionalStore.append
+
+    async def spy(self: Any, requests: Any) -> Any:
+        general_path.append([r.run_id for r in requests])
+        return await general_append(self, requests)
+
+    monkeypatch.setattr(TransactionalStore, "append", spy)
+
+    def fenced(run: WorkflowRun, step: str, known: WorkflowRun | None) -> AppendRequest:
+        return AppendRequest(
+            run_id=run.id, claim_token=run.claim_token, events=[completed(step)], known=known
+        )
+
+    batch = [
+        fenced(current, "a", current),
+        fenced(stale, "a", stale),
+        fenced(twice, "a", twice),
+        fenced(twice, "b", twice),
+        fenced(plain, "a", None),
+        created(),
+    ]
+    outcomes = await store.append(batch)
+    assert all(isinstance(o, Appended) for o in outcomes), outcomes
+    # One general transaction, for the stale row (after its statement wrote nothing), the run
+    # named twice and the one without a row; the others were statements.
+    assert general_path == [[stale.id, twice.id, twice.id, plain.id]]
+    expected = {
+        current.id: ["a"],
+        stale.id: ["x", "a"],
+        twice.id: ["a", "b"],
+        plain.id: ["a"],
+    }
+    for run_id, steps in expected.items():
+        events = await store.read_run_events(run_id)
+        assert [e.data["step_name"] for e in events[2:]] == steps
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [o.first_seq for o in outcomes[:4]] == [3, 4, 3, 4]  # type: ignore[union-attr]

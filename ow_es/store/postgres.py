@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -240,27 +241,49 @@ class PostgresStore(TransactionalStore):
         raise ConcurrencyError(f"{what}: kept deadlocking; gave up after 5 tries")
 
     async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        if len(requests) == 1:
-            single = pg_single.prepare(self.namespace, requests[0])
-            if single is not None:
-                outcome = await self._append_single(single, requests[0].claim_token)
-                if outcome is not None:
-                    return [outcome]
-        return await super().append(requests)
+        """One-statement appends where they can decide (see ``pg_single``); the general
+        transaction for the rest, and for those whose statement wrote nothing."""
+        singles = _singles(self.namespace, requests)
+        outcomes: dict[int, Outcome] = {}
+        if singles:
+            outcomes.update(await self._append_singles(singles, requests))
+        rest = [i for i in range(len(requests)) if i not in outcomes]
+        if rest:
+            general = await super().append([requests[i] for i in rest])
+            outcomes.update(zip(rest, general, strict=True))
+        return [outcomes[i] for i in range(len(requests))]
 
-    async def _append_single(self, single: pg_single.Single, token: str | None) -> Appended | None:
-        """The one-statement append; None when it wrote nothing (take the general path)."""
-        query, params = pg_single.statement(
-            single, self._gate_key, (self.ready_channel, self.done_channel), token
-        )
+    async def _append_singles(
+        self, singles: dict[int, pg_single.Single], requests: Sequence[AppendRequest]
+    ) -> dict[int, Appended]:
+        """One statement per request: alone in autocommit, or several in one pipelined
+        transaction (in run id order, as rows are locked everywhere). Returns the outcomes of
+        those that wrote; a lost deadlock leaves them all to the general path."""
+        channels = (self.ready_channel, self.done_channel)
+        statements = [
+            (i, *pg_single.statement(single, self._gate_key, channels, requests[i].claim_token))
+            for i, single in sorted(singles.items(), key=lambda item: requests[item[0]].run_id)
+        ]
         async with self._conn("appending events") as conn:
             try:
-                cur = await conn.execute(cast(Any, query), params, prepare=True)
+                if len(statements) == 1:
+                    ((index, query, params),) = statements
+                    cursors = [(index, await conn.execute(cast(Any, query), params, prepare=True))]
+                else:
+                    async with conn.pipeline(), conn.transaction():
+                        cursors = [
+                            (i, await conn.execute(cast(Any, query), params, prepare=True))
+                            for i, query, params in statements
+                        ]
             except _RETRYABLE:
-                return None
-            row = await cur.fetchone()
-        assert row is not None
-        return pg_single.outcome(single, row[1]) if row[0] else None
+                return {}
+            outcomes: dict[int, Appended] = {}
+            for index, cur in cursors:
+                row = await cur.fetchone()
+                assert row is not None
+                if row[0]:
+                    outcomes[index] = pg_single.outcome(singles[index], row[1])
+        return outcomes
 
     def _workflow_params(self, workflows: Sequence[WorkflowKey]) -> dict[str, Any]:
         return {
@@ -381,6 +404,19 @@ class PostgresStore(TransactionalStore):
         if self._wake is None:
             self._wake = PostgresWakeChannel(self.url, self.ready_channel, self.done_channel)
         return self._wake
+
+
+def _singles(namespace: str, requests: Sequence[AppendRequest]) -> dict[int, pg_single.Single]:
+    """The requests that can be one statement each; a run named twice in the batch is left
+    to the general path, which keeps its appends in order."""
+    counts = Counter(r.run_id for r in requests)
+    singles = {}
+    for index, request in enumerate(requests):
+        if counts[request.run_id] == 1:
+            single = pg_single.prepare(namespace, request)
+            if single is not None:
+                singles[index] = single
+    return singles
 
 
 def _split_cursor(cursor: str) -> tuple[str, int]:
