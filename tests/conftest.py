@@ -73,17 +73,26 @@ def pg_url(postgres_url: str | None) -> str:
     return _require_postgres(postgres_url)
 
 
+def _own_schema(url: str) -> Iterator[dict[str, Any]]:
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield {"url": url, "schema": schema, "backend": "postgres"}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture
 def db(backend: str, postgres_url: str | None, tmp_path: Any) -> Iterator[dict[str, Any]]:
     """Connection settings isolated to this test: ``{"url", "schema", "backend"}``."""
     if backend == "sqlite":
         yield {"url": f"sqlite:///{tmp_path / 'ow.db'}", "schema": None, "backend": "sqlite"}
         return
-    url = _require_postgres(postgres_url)
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    yield {"url": url, "schema": schema, "backend": "postgres"}
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    yield from _own_schema(_require_postgres(postgres_url))
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[dict[str, Any]]:
+    """As ``db``, PostgreSQL only: for tests that need a second session or server processes."""
+    yield from _own_schema(pg_url)
 
 
 ClientFactory = Callable[..., Awaitable[ow_es.OpenWorkflow]]

@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,6 @@ from tests.test_chaos_support import (
     superseded,
     wait_for,
 )
-
-
-@pytest.fixture
-def pg_db(pg_url: str) -> Iterator[dict[str, Any]]:
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    yield {"url": pg_url, "schema": schema, "backend": "postgres"}
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 
 import ow_es
@@ -105,14 +102,6 @@ async def test_thawed_worker_writes_nothing_after_a_takeover(
         "b": [first.pid, second.pid],
         "c": [second.pid],
     }, describe(events)
-
-
-@pytest.fixture
-def pg_db(pg_url: str) -> Iterator[dict[str, Any]]:
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    yield {"url": pg_url, "schema": schema, "backend": "postgres"}
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 async def test_thawed_worker_starts_no_new_step_after_a_takeover(

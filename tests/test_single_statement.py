@@ -22,16 +22,13 @@ from ow_es.store.tx import TransactionalStore
 
 
 @pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    client = await ow_es.connect(pg_url, schema=schema)
+async def store(pg_db: dict[str, Any]) -> AsyncIterator[PostgresStore]:
+    client = await ow_es.connect(pg_db["url"], schema=pg_db["schema"])
     assert isinstance(client.store, PostgresStore)
     try:
         yield client.store
     finally:
         await client.close()
-        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def count_transactions(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:

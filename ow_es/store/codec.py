@@ -42,6 +42,14 @@ def run_values(run: WorkflowRun, time: Callable[[Any], Any] | None = None) -> tu
     return _values(run, _RUN_JSON, _RUN_TIMES, time)
 
 
+def event_values(rec: Recorded, time: Callable[[Any], Any] | None = None) -> tuple[Any, ...]:
+    """An event as insert parameters: namespace, run, seq, type, schema version, JSON data,
+    time (via ``time``)."""
+    at = rec.created_at if time is None else time(rec.created_at)
+    data = rec.data
+    return (rec.namespace_id, rec.run_id, rec.seq, data.TYPE, data.SCHEMA_VERSION, dumps(data), at)
+
+
 def step_values(step: StepAttempt, time: Callable[[Any], Any] | None = None) -> tuple[Any, ...]:
     return _values(step, _STEP_JSON, _STEP_TIMES, time)
 

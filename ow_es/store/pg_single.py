@@ -133,11 +133,7 @@ def statement(
         *changed, namespace, run_id = row
         run_shape = ("update", tuple(zip(columns, now_flags(changed), strict=True)))
         params += [*present(changed), namespace, run_id, single.old.seq, token]
-    events = [
-        (e.namespace_id, e.run_id, e.seq, e.data.TYPE, e.data.SCHEMA_VERSION,
-         codec.dumps(e.data), mark(e.created_at))
-        for e in single.plan.events
-    ]  # fmt: skip
+    events = [codec.event_values(e, time=mark) for e in single.plan.events]
     steps = [codec.step_values(s, time=mark) for s in single.plan.steps]
     for values in (*events, *steps):
         params += present(values)

@@ -490,21 +490,7 @@ class PostgresTransaction(Transaction):
         cur = self._conn.cursor()
         # Queued in the transaction's pipeline; sent with the next sync.
         if plan.events:
-            await cur.executemany(
-                Q["insert_event"],
-                [
-                    (
-                        e.namespace_id,
-                        e.run_id,
-                        e.seq,
-                        e.data.TYPE,
-                        e.data.SCHEMA_VERSION,
-                        codec.dumps(e.data),
-                        e.created_at,
-                    )
-                    for e in plan.events
-                ],
-            )
+            await cur.executemany(Q["insert_event"], [codec.event_values(e) for e in plan.events])
         for columns, params in codec.run_changes(plan.updated_runs).items():
             await cur.executemany(_update_statement(columns), params)
         if plan.steps:

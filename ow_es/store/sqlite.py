@@ -357,19 +357,7 @@ class SqliteTransaction(Transaction):
     async def write(self, plan: Plan) -> None:
         if plan.events:
             await self._conn.executemany(
-                Q["insert_event"],
-                [
-                    (
-                        e.namespace_id,
-                        e.run_id,
-                        e.seq,
-                        e.data.TYPE,
-                        e.data.SCHEMA_VERSION,
-                        codec.dumps(e.data),
-                        ts(e.created_at),
-                    )
-                    for e in plan.events
-                ],
+                Q["insert_event"], [codec.event_values(e, time=ts) for e in plan.events]
             )
         for columns, params in codec.run_changes(plan.updated_runs, ts).items():
             await self._conn.executemany(_update_statement(columns), params)
