@@ -1,7 +1,6 @@
 """ow-es: durable, event-sourced workflows for Python on PostgreSQL or SQLite."""
 
 from ow_es.client import OpenWorkflow, connect
-from ow_es.context import Context, RunInfo
 from ow_es.errors import (
     ConcurrencyError,
     ConfigError,
@@ -21,7 +20,8 @@ from ow_es.errors import (
 from ow_es.handle import RunHandle
 from ow_es.models import Event, RunPage, RunState, StepAttempt, WorkflowRun
 from ow_es.retry import RetryPolicy
-from ow_es.worker import Worker
+from ow_es.runtime.context import Context, RunInfo
+from ow_es.runtime.worker import Worker
 from ow_es.workflow import Workflow, workflow
 
 __version__ = "0.1.0"

@@ -18,9 +18,9 @@ from ow_es.payload import to_json_value
 from ow_es.projections import fold_run
 from ow_es.reproject import Report, rebuild
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
+from ow_es.runtime.worker import Worker
 from ow_es.store import Appended, AppendRequest, Store, make_store
 from ow_es.store.codec import current_shape, recorded_from_event
-from ow_es.worker import Worker
 from ow_es.workflow import Workflow, WorkflowFn
 
 TimeLike = datetime | Duration

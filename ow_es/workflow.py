@@ -12,8 +12,8 @@ from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 
 if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow
-    from ow_es.context import Context
     from ow_es.handle import RunHandle
+    from ow_es.runtime.context import Context
 
 R = TypeVar("R")
 WorkflowFn = Callable[..., Awaitable[Any]]

@@ -70,7 +70,7 @@ async def test_log_reads_follow_the_xid_order_index(pg_url: str) -> None:
 
     import psycopg
 
-    from ow_es.store.postgres import Q
+    from ow_es.store.postgres.store import Q
 
     schema = f"t_{uuid.uuid4().hex[:16]}"
     client = await ow_es.connect(pg_url, schema=schema)

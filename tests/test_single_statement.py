@@ -17,7 +17,7 @@ import ow_es
 from ow_es import events as ev
 from ow_es.models import WorkflowRun
 from ow_es.store import Appended, AppendRequest
-from ow_es.store.postgres import PostgresStore
+from ow_es.store.postgres.store import PostgresStore
 from ow_es.store.tx import TransactionalStore
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 import ow_es
-from ow_es.store.postgres import channel_names
+from ow_es.store.postgres.store import channel_names
 from tests.helpers import running_worker
 
 

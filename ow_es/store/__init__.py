@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ow_es.config import Settings
-from ow_es.store.base import Appended, AppendRequest, LogBatch, Outcome, Store, WakeChannel
+from ow_es.store.port import Appended, AppendRequest, LogBatch, Outcome, Store, WakeChannel
 
 __all__ = ["AppendRequest", "Appended", "LogBatch", "Outcome", "Store", "WakeChannel", "make_store"]
 
@@ -11,10 +11,10 @@ __all__ = ["AppendRequest", "Appended", "LogBatch", "Outcome", "Store", "WakeCha
 def make_store(settings: Settings, *, pool_size: int = 10) -> Store:
     """An unopened store for ``settings``."""
     if settings.backend == "sqlite":
-        from ow_es.store.sqlite import SqliteStore
+        from ow_es.store.sqlite.store import SqliteStore
 
         assert settings.sqlite_path is not None
         return SqliteStore(settings.sqlite_path, settings.namespace)
-    from ow_es.store.postgres import PostgresStore
+    from ow_es.store.postgres.store import PostgresStore
 
     return PostgresStore(settings.url, settings.namespace, settings.schema, pool_size=pool_size)

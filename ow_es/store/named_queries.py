@@ -1,4 +1,4 @@
-"""Named SQL queries from ``queries/<dialect>.sql`` (``-- name: NAME`` blocks)."""
+"""Named SQL queries from ``<dialect>/queries.sql`` (``-- name: NAME`` blocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
 @cache
 def load(dialect: str) -> dict[str, str]:
-    text = resources.files("ow_es.store").joinpath(f"queries/{dialect}.sql").read_text()
+    text = resources.files(f"ow_es.store.{dialect}").joinpath("queries.sql").read_text()
     parts = _HEADER.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):

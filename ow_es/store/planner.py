@@ -15,7 +15,7 @@ from ow_es import events as ev
 from ow_es.errors import ConcurrencyError, InvalidTransition, RunNotFound, StaleRun
 from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.projections import Recorded, apply_run, step_row
-from ow_es.store.base import Appended, AppendRequest, Outcome
+from ow_es.store.port import Appended, AppendRequest, Outcome
 
 
 @dataclass

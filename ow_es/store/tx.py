@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from ow_es import events as ev
 from ow_es.errors import ConcurrencyError
 from ow_es.models import StepAttempt, WorkflowRun
-from ow_es.store.base import Appended, AppendRequest, Outcome, WorkflowKey
 from ow_es.store.planner import (
     Plan,
     claim_requests,
@@ -27,6 +26,7 @@ from ow_es.store.planner import (
     plan_updates,
     split_rounds,
 )
+from ow_es.store.port import Appended, AppendRequest, Outcome, WorkflowKey
 
 
 class Transaction(abc.ABC):

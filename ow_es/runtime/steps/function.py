@@ -16,10 +16,10 @@ from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import StepLimitExceeded, StepTimeout
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.retry import STEP_DEFAULT, RetryPolicy
-from ow_es.unwind import Park, RunLost, Stale, step_failed
+from ow_es.runtime.unwind import Park, RunLost, Stale, step_failed
 
 if TYPE_CHECKING:
-    from ow_es.executor import Execution
+    from ow_es.runtime.executor import Execution
 
 
 # A step still running after this long gets a `step_started` event (visible as running);

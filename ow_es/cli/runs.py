@@ -6,8 +6,8 @@ import asyncio
 
 import click
 
-from ow_es import cli_format as fmt
-from ow_es.cli_common import Connection, Group, connection_options, open_client
+from ow_es.cli import format as fmt
+from ow_es.cli.common import Connection, Group, connection_options, open_client
 from ow_es.models import RUN_STATUSES
 
 _json_option = click.option(

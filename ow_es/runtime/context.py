@@ -12,7 +12,7 @@ from ow_es.durations import Duration
 from ow_es.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from ow_es.executor import Execution
+    from ow_es.runtime.executor import Execution
     from ow_es.workflow import Workflow
 
 T = TypeVar("T")

@@ -21,11 +21,12 @@ from ow_es.config import redact
 from ow_es.errors import ConcurrencyError, OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
-from ow_es.store import codec, migrator, pg_single
-from ow_es.store.base import Appended, AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.store import codec, migrator
 from ow_es.store.named_queries import load
-from ow_es.store.pg_wake import PostgresWakeChannel
 from ow_es.store.planner import Plan
+from ow_es.store.port import Appended, AppendRequest, LogBatch, Outcome, WorkflowKey
+from ow_es.store.postgres import single as pg_single
+from ow_es.store.postgres.wake import PostgresWakeChannel
 from ow_es.store.tx import Transaction, TransactionalStore
 
 Q = load("postgres")
@@ -396,7 +397,7 @@ class PostgresStore(TransactionalStore):
         return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}
 
     def rebuilder(self) -> Rebuilder:
-        from ow_es.store.pg_reproject import PostgresRebuilder
+        from ow_es.store.postgres.rebuild import PostgresRebuilder
 
         return PostgresRebuilder(self)
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import click
 
-from ow_es.cli_common import CliError, Connection, connection_options, open_client
+from ow_es.cli.common import CliError, Connection, connection_options, open_client
 from ow_es.reproject import Report
 
 

@@ -9,12 +9,12 @@ from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import ConcurrencyError, InvalidTransition
 from ow_es.payload import to_json_value
-from ow_es.store.base import AppendRequest
+from ow_es.runtime.unwind import Park, RunLost
+from ow_es.store.port import AppendRequest
 from ow_es.store.tx import Delivery
-from ow_es.unwind import Park, RunLost
 
 if TYPE_CHECKING:
-    from ow_es.executor import Execution
+    from ow_es.runtime.executor import Execution
 
 
 async def sleep(

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ow_es.cli_common import CliError, Connection
+from ow_es.cli.common import CliError, Connection
 from ow_es.client import OpenWorkflow
 from ow_es.workflow import Workflow
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from ow_es.cli_common import iso
+from ow_es.cli.common import iso
 from ow_es.models import Event, StepAttempt, WorkflowRun
 
 _CLIP = 60  # characters of a payload shown inline

@@ -35,8 +35,8 @@ from ow_es import events as ev
 from ow_es.durations import utcnow
 from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, WorkflowRun
 from ow_es.store import codec
-from ow_es.store.base import Appended, AppendRequest
 from ow_es.store.planner import Plan, is_create, plan_create, plan_updates
+from ow_es.store.port import Appended, AppendRequest
 
 # Events whose fold needs no clock comparison and no other run (a run with a parent tells it
 # of its end: the general path does that).

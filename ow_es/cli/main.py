@@ -11,11 +11,11 @@ import asyncio
 import click
 
 from ow_es import __version__
-from ow_es.cli_app import configured_target, label, load_app, project_settings
-from ow_es.cli_common import CliError, Connection, Group, connection_options, one_line
-from ow_es.cli_reproject import reproject
-from ow_es.cli_runs import runs
-from ow_es.cli_worker import worker
+from ow_es.cli.app import configured_target, label, load_app, project_settings
+from ow_es.cli.common import CliError, Connection, Group, connection_options, one_line
+from ow_es.cli.reproject import reproject
+from ow_es.cli.runs import runs
+from ow_es.cli.worker import worker
 from ow_es.client import OpenWorkflow
 from ow_es.errors import OwEsError
 from ow_es.store.migrator import latest_version

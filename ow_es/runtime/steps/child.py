@@ -10,12 +10,12 @@ from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import ConcurrencyError, InvalidTransition, StepTimeout
 from ow_es.payload import error_info, from_json_value, to_json_value
-from ow_es.store.base import Appended, AppendRequest
-from ow_es.unwind import Park, RunLost, Stale, step_failed
+from ow_es.runtime.unwind import Park, RunLost, Stale, step_failed
+from ow_es.store.port import Appended, AppendRequest
 from ow_es.workflow import Workflow
 
 if TYPE_CHECKING:
-    from ow_es.executor import Execution
+    from ow_es.runtime.executor import Execution
     from ow_es.store.tx import Transaction
 
 

@@ -18,9 +18,9 @@ from ow_es.errors import OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.reproject import Rebuilder
 from ow_es.store import codec, migrator
-from ow_es.store.base import LogBatch, WorkflowKey
 from ow_es.store.named_queries import load
 from ow_es.store.planner import Plan
+from ow_es.store.port import LogBatch, WorkflowKey
 from ow_es.store.tx import Transaction, TransactionalStore
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
 
@@ -291,7 +291,7 @@ class SqliteStore(TransactionalStore):
         return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}
 
     def rebuilder(self) -> Rebuilder:
-        from ow_es.store.sqlite_reproject import SqliteRebuilder
+        from ow_es.store.sqlite.rebuild import SqliteRebuilder
 
         return SqliteRebuilder(self)
 

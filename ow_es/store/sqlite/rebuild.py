@@ -16,7 +16,7 @@ from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, StepAttempt, WorkflowRun
 from ow_es.projections import Recorded
 from ow_es.reproject import COMPARED, TABLES, Difference, RunKey
 from ow_es.store import codec
-from ow_es.store.sqlite import SqliteStore, _row, _run_params, _step_params
+from ow_es.store.sqlite.store import SqliteStore, _row, _run_params, _step_params
 
 
 def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:

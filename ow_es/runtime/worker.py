@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ow_es.appender import GroupCommitter
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import OwEsError
-from ow_es.executor import Execution, Settings
 from ow_es.models import WorkflowRun
+from ow_es.runtime.committer import GroupCommitter
+from ow_es.runtime.executor import Execution, Settings
 
 if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow

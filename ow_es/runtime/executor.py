@@ -15,9 +15,6 @@ from typing import Any
 import msgspec
 
 from ow_es import events as ev
-from ow_es import step_child, step_function, step_waits
-from ow_es.appender import GroupCommitter
-from ow_es.context import Context, RunInfo, Steps
 from ow_es.durations import Duration, utcnow
 from ow_es.errors import (
     ConcurrencyError,
@@ -27,12 +24,17 @@ from ow_es.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from ow_es.history import History
 from ow_es.models import Event, WorkflowRun
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.retry import RetryPolicy
-from ow_es.store.base import Appended, AppendRequest, Outcome, Store
-from ow_es.unwind import Park, RunLost, Stale
+from ow_es.runtime.committer import GroupCommitter
+from ow_es.runtime.context import Context, RunInfo, Steps
+from ow_es.runtime.history import History
+from ow_es.runtime.steps import child as step_child
+from ow_es.runtime.steps import function as step_function
+from ow_es.runtime.steps import waits as step_waits
+from ow_es.runtime.unwind import Park, RunLost, Stale
+from ow_es.store.port import Appended, AppendRequest, Outcome, Store
 from ow_es.workflow import Workflow
 
 log = logging.getLogger("ow_es.executor")

@@ -1,0 +1,5 @@
+"""Run the CLI with ``python -m ow_es.cli``."""
+
+from ow_es.cli.main import main
+
+main()

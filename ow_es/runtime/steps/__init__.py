@@ -1,0 +1,2 @@
+"""The step kinds: each records and replays one kind of step through the executor's
+narrow interface."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL adapter: store, one-statement appends, rebuild, wake channel."""

@@ -1,0 +1,1 @@
+"""The SQLite adapter: store, rebuild, wake channel."""
