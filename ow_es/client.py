@@ -11,7 +11,7 @@ from typing import Any, Self
 from ow_es import config
 from ow_es import events as ev
 from ow_es.durations import Duration, to_datetime, utcnow
-from ow_es.errors import ConfigError, InvalidTransition, RunNotFound, ValidationError
+from ow_es.errors import ConfigError, RunNotFound, ValidationError
 from ow_es.handle import RunHandle
 from ow_es.models import RUN_STATUSES, Event, RunPage, RunState
 from ow_es.payload import to_json_value
@@ -241,27 +241,11 @@ class OpenWorkflow:
     async def cancel(self, run_id: str, *, cascade: bool = True) -> None:
         """Cancel a pending or running run (and its children); again on a canceled run it does
         nothing; on a completed or failed run it raises InvalidTransition."""
-        outcome = await self.store.run(
-            "canceling a run", lambda tx: tx.cancel(run_id, cascade=cascade)
-        )
-        if isinstance(outcome, InvalidTransition):
-            current = await self.store.get_run(run_id)
-            if current is not None and current.status == "canceled":
-                return  # canceled already: nothing to do
-        if isinstance(outcome, Exception):
-            raise outcome
+        await self.store.cancel(run_id, cascade=cascade)
 
     async def resume(self, run_id: str) -> RunHandle:
         """A failed run goes on from its failed step; completed steps are not re-run."""
-        run = await self.store.get_run(run_id)
-        if run is None:
-            raise RunNotFound(f"run {run_id} not found")
-        if run.status == "failed" and (run.error or {}).get("type") == "DeadlineExceeded":
-            raise InvalidTransition(f"run {run_id} failed by its deadline and cannot be resumed")
-        request = AppendRequest(run_id=run_id, events=[ev.RunResumed(previous_error=run.error)])
-        (outcome,) = await self.store.append([request])
-        if isinstance(outcome, Exception):
-            raise outcome
+        await self.store.resume(run_id)
         return await self.get_handle(run_id)
 
     async def reproject(
@@ -285,10 +269,7 @@ class OpenWorkflow:
         if not isinstance(signal, str) or not signal:
             raise ValidationError("signal name must be a non-empty string")
         value = to_json_value(data, f"signal {signal!r} data", self.max_payload_bytes)
-        delivery = await self.store.run(
-            "sending a signal", lambda tx: tx.deliver_signal(signal, value, idempotency_key)
-        )
-        return delivery.run_ids
+        return await self.store.send_signal(signal, value, idempotency_key)
 
 
 async def connect(

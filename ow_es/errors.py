@@ -15,6 +15,10 @@ class StoreUnavailable(OwEsError):
     """The database cannot be reached, or was migrated by a newer ow-es."""
 
 
+class SchemaMismatch(StoreUnavailable):
+    """The database was migrated by a newer ow-es than this one."""
+
+
 class ConcurrencyError(OwEsError):
     """A fenced write was refused: the writer no longer holds the run's claim."""
 

@@ -13,10 +13,9 @@ if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow
     from ow_es.workflow import Workflow
 
-# Postgres wakes result() by notification; this re-check only covers a lost one.
-_PG_SAFETY_RECHECK = 15.0
-_SQLITE_FIRST_POLL = 0.02
-_SQLITE_MAX_POLL = 0.5
+_PUSHED_SAFETY_RECHECK = 15.0  # notifications come: re-read only in case one was lost
+_FIRST_POLL = 0.02  # no notifications from other processes: poll, backing off
+_MAX_POLL = 0.5
 
 
 class RunHandle:
@@ -52,7 +51,7 @@ class RunHandle:
         await wake.start()
         waiter = wake.subscribe_done(self.run_id)  # subscribe before reading: no lost wake-up
         deadline = None if timeout is None else utcnow().timestamp() + timeout
-        poll = _SQLITE_FIRST_POLL if store.backend == "sqlite" else _PG_SAFETY_RECHECK
+        poll = _PUSHED_SAFETY_RECHECK if wake.pushes else _FIRST_POLL
         try:
             while True:
                 run = await self.status()
@@ -67,8 +66,8 @@ class RunHandle:
                         )
                     wait = min(wait, remaining)
                 await waiter.wait(wait)
-                if store.backend == "sqlite":
-                    poll = min(poll * 1.5, _SQLITE_MAX_POLL)
+                if not wake.pushes:  # only this process would tell us: poll, backing off
+                    poll = min(poll * 1.5, _MAX_POLL)
         finally:
             waiter.close()
 

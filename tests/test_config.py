@@ -85,7 +85,7 @@ async def test_embedded_default_is_openworkflow_db(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     async with ow_es.OpenWorkflow() as client:
-        assert client.store.backend == "sqlite"
+        assert client.store.dialect == "sqlite"
         await client.start("anything", {"x": 1})
     assert (tmp_path / "openworkflow.db").exists()
 

@@ -10,8 +10,8 @@ import pytest
 
 import ow_es
 from ow_es import events as ev
-from ow_es.store import AppendRequest
-from ow_es.store.tx import Transaction
+from ow_es.store import AppendRequest, rules
+from ow_es.store.port import Primitives
 
 
 def _create(run_id: str) -> AppendRequest:
@@ -37,12 +37,12 @@ async def test_reader_waits_for_a_held_transaction(pg_url: str) -> None:
         appended = asyncio.Event()
         release = asyncio.Event()
 
-        async def hold(tx: Transaction) -> None:
-            await tx.apply([_create("held")])
+        async def hold(tx: Primitives) -> None:
+            await rules.apply(tx, [_create("held")])
             appended.set()
             await release.wait()  # the transaction stays open, its event uncommitted
 
-        held = asyncio.create_task(holder.store.run("holding", hold))
+        held = asyncio.create_task(holder.store.adapter.transaction("holding", hold))
         await asyncio.wait_for(appended.wait(), 10)
         await other.store.append([_create("later")])  # commits after the held append
 

@@ -9,7 +9,6 @@ coordination column ``lease_until``. At the end every event type must have been 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +28,7 @@ import ow_es
 from ow_es import events as ev
 from ow_es.models import WorkflowRun
 from ow_es.projections import fold_log
-from ow_es.store import Appended, AppendRequest
+from ow_es.store import Appended, AppendRequest, SignalSend
 from ow_es.store.codec import recorded_from_event
 
 WORKFLOW = ("wf", None)
@@ -261,14 +260,13 @@ class ProjectionMachine(RuleBasedStateMachine):
                     step_name="send:go", kind="signal_send", attempt=1, output=[], started_at=_now()
                 ),
             )
-        key = "sig-key" if keyed and sender is None else None
-        # A stale sender rolls the whole delivery back.
-        with contextlib.suppress(ow_es.ConcurrencyError):
-            self.do(
-                self.client.store.run(
-                    "signal", lambda tx: tx.deliver_signal("go", {"ok": True}, key, sender)
-                )
-            )
+        if sender is not None:
+            send = SignalSend(signal_name="go", data={"ok": True}, step_name="send:go")
+            # A stale sender rolls the whole delivery back.
+            self.do(self.client.store.append([msgspec.structs.replace(sender, signal=send)]))
+        else:
+            key = "sig-key" if keyed else None
+            self.do(self.client.store.send_signal("go", {"ok": True}, key))
 
     @rule(
         pick=st.integers(0, 1000),

@@ -16,35 +16,39 @@ import pytest
 import ow_es
 from ow_es import events as ev
 from ow_es.models import WorkflowRun
-from ow_es.store import Appended, AppendRequest
+from ow_es.store import Appended, AppendRequest, Store, rules
 from ow_es.store.postgres.store import PostgresStore
-from ow_es.store.tx import TransactionalStore
 
 
 @pytest.fixture
-async def store(pg_db: dict[str, Any]) -> AsyncIterator[PostgresStore]:
+async def store(pg_db: dict[str, Any]) -> AsyncIterator[Store]:
     client = await ow_es.connect(pg_db["url"], schema=pg_db["schema"])
-    assert isinstance(client.store, PostgresStore)
+    assert isinstance(client.store.adapter, PostgresStore)
     try:
         yield client.store
     finally:
         await client.close()
 
 
-def count_transactions(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The general path runs every append as a ``store.run`` transaction: count them."""
+def count_transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The general path runs every append in an adapter transaction: count them."""
     calls: list[str] = []
-    general = store.run
+    general = store.adapter.transaction
 
-    async def run(what: str, fn: Any) -> Any:
+    async def transaction(what: str, fn: Any) -> Any:
         calls.append(what)
         return await general(what, fn)
 
-    monkeypatch.setattr(store, "run", run)
+    monkeypatch.setattr(store.adapter, "transaction", transaction)
     return calls
 
 
-async def claimed_run(store: PostgresStore) -> WorkflowRun:
+def gate_key(store: Store) -> int:
+    assert isinstance(store.adapter, PostgresStore)
+    return store.adapter.gate_key
+
+
+async def claimed_run(store: Store) -> WorkflowRun:
     created = AppendRequest(
         run_id=uuid.uuid4().hex,
         events=[ev.RunCreated(workflow_name="wf", available_at=datetime.now(UTC))],
@@ -61,7 +65,7 @@ def completed(step: str) -> ev.StepCompleted:
 
 
 async def test_a_current_row_appends_in_one_statement(
-    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = await claimed_run(store)
     transactions = count_transactions(store, monkeypatch)
@@ -112,7 +116,7 @@ async def test_a_current_row_appends_in_one_statement(
 
 
 async def test_a_stale_row_takes_the_general_path(
-    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = await claimed_run(store)
     (first,) = await store.append(
@@ -133,7 +137,7 @@ async def test_a_stale_row_takes_the_general_path(
     assert [e.seq for e in events] == list(range(1, run.seq + 3))  # nothing written twice
 
 
-async def test_a_lost_claim_writes_nothing(store: PostgresStore) -> None:
+async def test_a_lost_claim_writes_nothing(store: Store) -> None:
     run = await claimed_run(store)
     await store.append([AppendRequest(run_id=run.id, events=[ev.RunCanceled(reason="x")])])
     (outcome,) = await store.append(
@@ -147,11 +151,11 @@ async def test_a_lost_claim_writes_nothing(store: PostgresStore) -> None:
     assert await store.step_attempts(run.id) == []
 
 
-async def test_the_append_gate_holds_it_back(store: PostgresStore, pg_url: str) -> None:
+async def test_the_append_gate_holds_it_back(store: Store, pg_url: str) -> None:
     """A verify holds the gate across transactions; an owner's append must wait for it."""
     run = await claimed_run(store)
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
-        await admin.execute("SELECT pg_advisory_lock(%s)", [store._gate_key])
+        await admin.execute("SELECT pg_advisory_lock(%s)", [gate_key(store)])
         request = AppendRequest(
             run_id=run.id, claim_token=run.claim_token, events=[completed("a")], known=run
         )
@@ -159,7 +163,7 @@ async def test_the_append_gate_holds_it_back(store: PostgresStore, pg_url: str) 
         await asyncio.sleep(0.5)
         assert not task.done()
         assert await store.step_attempts(run.id) == []  # nothing slipped past the gate
-        await admin.execute("SELECT pg_advisory_unlock(%s)", [store._gate_key])
+        await admin.execute("SELECT pg_advisory_unlock(%s)", [gate_key(store)])
         (outcome,) = await asyncio.wait_for(task, 10)
     assert isinstance(outcome, Appended)
     assert [s.step_name for s in await store.step_attempts(run.id)] == ["a"]
@@ -174,9 +178,7 @@ def created(key: str | None = None) -> AppendRequest:
     )
 
 
-async def test_a_new_run_is_one_statement(
-    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_new_run_is_one_statement(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     transactions = count_transactions(store, monkeypatch)
     (outcome,) = await store.append([created("k")])
     assert transactions == []
@@ -189,7 +191,7 @@ async def test_a_new_run_is_one_statement(
 
 
 async def test_a_taken_key_returns_the_existing_run(
-    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (first,) = await store.append([created("same")])
     transactions = count_transactions(store, monkeypatch)
@@ -201,21 +203,21 @@ async def test_a_taken_key_returns_the_existing_run(
     assert [r.id for r in page.runs] == [first.run.id]
 
 
-async def test_the_append_gate_holds_a_new_run_back(store: PostgresStore, pg_url: str) -> None:
+async def test_the_append_gate_holds_a_new_run_back(store: Store, pg_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
-        await admin.execute("SELECT pg_advisory_lock(%s)", [store._gate_key])
+        await admin.execute("SELECT pg_advisory_lock(%s)", [gate_key(store)])
         task = asyncio.create_task(store.append([created()]))
         await asyncio.sleep(0.5)
         assert not task.done()
         page = await store.list_runs(status=None, workflow_name=None, limit=10, cursor=None)
         assert page.runs == []
-        await admin.execute("SELECT pg_advisory_unlock(%s)", [store._gate_key])
+        await admin.execute("SELECT pg_advisory_unlock(%s)", [gate_key(store)])
         (outcome,) = await asyncio.wait_for(task, 10)
     assert isinstance(outcome, Appended) and outcome.created
 
 
 async def test_a_batch_writes_each_append_once_whichever_way_it_goes(
-    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A group commit: current rows are one statement each in one transaction; a stale row, a
     run named twice and a request without a row go the general way, in order."""
@@ -225,13 +227,13 @@ async def test_a_batch_writes_each_append_once_whichever_way_it_goes(
         [AppendRequest(run_id=stale.id, claim_token=stale.claim_token, events=[completed("x")])]
     )
     general_path: list[list[str]] = []
-    general_append = TransactionalStore.append
+    general_apply = rules.apply
 
-    async def spy(self: Any, requests: Any) -> Any:
+    async def spy(tx: Any, requests: Any, locked: Any = None) -> Any:
         general_path.append([r.run_id for r in requests])
-        return await general_append(self, requests)
+        return await general_apply(tx, requests, locked)
 
-    monkeypatch.setattr(TransactionalStore, "append", spy)
+    monkeypatch.setattr(rules, "apply", spy)
 
     def fenced(run: WorkflowRun, step: str, known: WorkflowRun | None) -> AppendRequest:
         return AppendRequest(

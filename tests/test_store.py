@@ -13,7 +13,10 @@ import pytest
 
 import ow_es
 from ow_es import events as ev
+from ow_es.projections import Recorded
 from ow_es.store import Appended, AppendRequest
+from ow_es.store.plan import Plan
+from ow_es.store.port import Primitives
 
 
 def _create(run_id: str, name: str = "wf", key: str | None = None) -> AppendRequest:
@@ -196,3 +199,25 @@ async def test_concurrent_writers_and_a_consumer_that_never_skips(
     await asyncio.wait_for(consumer, 60)
     assert sorted(seen) == expected
     assert len(seen) == len(set(seen))  # and nothing twice
+
+
+async def test_a_constraint_violation_is_a_validation_error_never_unavailable(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """Data the database refuses is a permanent ValidationError on both backends (sending it
+    again would fail again); only a lost connection means the outcome is unknown."""
+    await ow.connect()
+    await ow.store.append([_create("r1")])
+
+    async def taken_seq(tx: Primitives) -> None:
+        event = ev.RunReleased(worker_id="w-1", reason="test")
+        again = Recorded(
+            namespace_id=tx.namespace, run_id="r1", seq=1, created_at=tx.time.marker, data=event
+        )
+        await tx.write(Plan(events=[again]))
+        await tx.now()
+
+    with pytest.raises(ow_es.ValidationError, match="refused the data while testing") as caught:
+        await ow.store.adapter.transaction("testing", taken_seq)
+    assert not isinstance(caught.value, ow_es.StoreUnavailable)
+    assert [e.type for e in await ow.store.read_run_events("r1")] == ["run_created"]

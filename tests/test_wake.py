@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 
 import ow_es
-from ow_es.store.postgres.store import channel_names
-from tests.helpers import running_worker
+from ow_es.store.postgres.wake import Channels
+from tests.support.workers import running_worker
 
 
 async def test_listener_reconnects_after_its_connection_dies(pg_url: str) -> None:
@@ -38,7 +38,7 @@ async def _reconnect_scenario(ow: ow_es.OpenWorkflow, url: str, schema: str) -> 
     async with running_worker(ow, poll_interval="30s"):
         first = await echo.start(1)
         assert await first.result(timeout=5) == 1
-        _, done_channel = channel_names(schema, "default")
+        done_channel = Channels.of(schema, "default").done
         with psycopg.connect(url, autocommit=True) as admin:
             killed = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

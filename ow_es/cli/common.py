@@ -107,7 +107,7 @@ async def require_current_schema(client: OpenWorkflow) -> int:
     read or manage runs must not change the schema behind the operator's back."""
     store = client.store
     version = await store.schema_version()
-    latest = latest_version(store.backend)
+    latest = latest_version(store.dialect)
     if version < latest:
         raise StoreUnavailable(
             f"the database schema is at version {version}, this ow-es needs {latest}: "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ow_es.store.port import AppendRequest, Outcome, Store
+from ow_es.store import AppendRequest, Outcome, Store
 
 
 class GroupCommitter:

@@ -12,19 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
-
 from ow_es import events as ev
 from ow_es.durations import Duration, utcnow
 from ow_es.errors import (
-    ConcurrencyError,
-    InvalidTransition,
-    StaleRun,
     StepLimitExceeded,
     StoreUnavailable,
     ValidationError,
 )
-from ow_es.models import Event, WorkflowRun
+from ow_es.models import WorkflowRun
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.retry import RetryPolicy
 from ow_es.runtime.committer import GroupCommitter
@@ -34,7 +29,8 @@ from ow_es.runtime.steps import child as step_child
 from ow_es.runtime.steps import function as step_function
 from ow_es.runtime.steps import waits as step_waits
 from ow_es.runtime.unwind import Park, RunLost, Stale
-from ow_es.store.port import Appended, AppendRequest, Outcome, Store
+from ow_es.runtime.writer import RunWriter
+from ow_es.store import Appended, AppendRequest, SignalSend, Store
 from ow_es.workflow import Workflow
 
 log = logging.getLogger("ow_es.executor")
@@ -63,10 +59,7 @@ class Execution:
         self.run = run
         self.workflow = workflow
         self.settings = settings
-        assert run.claim_token is not None
-        self.token: str = run.claim_token
-        self.seq = run.seq
-        self.row: WorkflowRun | None = run  # the row as of our last append, while it is current
+        self.writer = RunWriter(run, settings.committer, settings.store)
         self.history = History()
         self._names: dict[str, int] = {}  # base name -> last suffix handed out
         self._used: set[str] = set()
@@ -81,6 +74,32 @@ class Execution:
         loop = asyncio.get_running_loop()
         self.lease_deadline = lease_deadline or loop.time() + settings.lease_seconds
 
+    @property
+    def token(self) -> str:
+        """The claim this execution holds the run by."""
+        return self.writer.token
+
+    # -- what step kinds see (``steps.host.StepHost``) --------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.settings.max_payload_bytes
+
+    @property
+    def max_step_attempts(self) -> int:
+        return self.workflow.max_step_attempts
+
+    @property
+    def threads(self) -> Executor:
+        return self.settings.threads
+
+    def exceed_step_limit(self) -> None:
+        self.limit_exceeded = True
+
     async def ensure_lease(self) -> None:
         """Before user code runs: if the lease may have lapsed, make sure the run is ours."""
         loop = asyncio.get_running_loop()
@@ -89,7 +108,7 @@ class Execution:
         sent = loop.time()
         try:
             held = await self.settings.store.heartbeat(
-                {self.run.id: self.token}, self.settings.lease_seconds
+                {self.run.id: self.writer.token}, self.settings.lease_seconds
             )
         except StoreUnavailable:
             raise RunLost() from None
@@ -102,14 +121,14 @@ class Execution:
     async def execute(self) -> None:
         try:
             if self.run.seq == 2:  # created, then this claim: nothing to replay, skip a read
-                self.history = History(seq=2, claim_token=self.token)
+                self.history = History(seq=2, claim_token=self.writer.token)
             else:
                 events = await self.settings.store.read_run_events(self.run.id)
                 self.history = History.of(events)
-            if self.history.claim_token != self.token:
+            if self.history.claim_token != self.writer.token:
                 log.warning("run %s: its history shows another claim; leaving it", self.run.id)
                 return
-            self.seq = max(self.seq, self.history.seq)
+            self.writer.seq = max(self.writer.seq, self.history.seq)
             await self._close_abandoned_attempts()
             await self._run_to_end()
         except RunLost:
@@ -143,7 +162,7 @@ class Execution:
         ]
         await self.append(events)
         for event in events:
-            self.history.add(self.seq, utcnow(), event)
+            self.history.add(self.writer.seq, utcnow(), event)
 
     async def _run_to_end(self) -> None:
         body = asyncio.ensure_future(self._call_body())
@@ -283,76 +302,16 @@ class Execution:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def append(self, events: list[ev.EventData], *, expect: bool = False) -> Appended:
-        request = AppendRequest(
-            run_id=self.run.id,
-            events=events,
-            claim_token=self.token,
-            expected_seq=self.seq if expect else None,
-            known=self.row if self.row is not None and self.row.seq == self.seq else None,
-        )
-        outcome = await self._submit(request)
-        if isinstance(outcome, StaleRun):
-            raise Stale()
-        if isinstance(outcome, ConcurrencyError | InvalidTransition):
-            raise RunLost()
-        if not isinstance(outcome, Appended):
-            raise outcome
-        self.advance(outcome)
-        return outcome
-
-    def advance(self, outcome: Appended) -> None:
-        """Follow our own appends. If someone else appended in between (a signal, a child's
-        end), ``seq`` stays behind, so the next expecting write (a park) fails as stale and the
-        run is replayed with those events instead of parking past them."""
-        if outcome.first_seq == self.seq + 1:
-            self.seq = outcome.run.seq
-            self.row = outcome.run
-
-    async def _submit(self, request: AppendRequest) -> Outcome:
-        """Append exactly once. When a commit's outcome is unknown (a dropped connection), find
-        out from the log whether it landed before sending anything again; a resend is
-        conditioned on the run being unchanged since that read, so a late landing of the first
-        commit cannot be doubled."""
-        # Where to look for it: our own parallel appends may move ``self.seq`` on meanwhile.
-        after = self.seq
-        attempt = request
-        for _ in range(8):
-            try:
-                outcome = await self.settings.committer.submit(attempt)
-            except StoreUnavailable as exc:
-                log.warning("run %s: append outcome unknown (%s); re-reading", self.run.id, exc)
-            else:
-                resent = attempt is not request and request.expected_seq is None
-                if not (resent and isinstance(outcome, StaleRun)):
-                    return outcome
-                # The run changed since we looked: perhaps our first commit landed after all.
-            landed, seq = await self._find_out(request, after)
-            if landed is not None:
-                return landed
-            expected = request.expected_seq if request.expected_seq is not None else seq
-            attempt = msgspec.structs.replace(request, expected_seq=expected)
-        raise RunLost()
-
-    async def _find_out(self, request: AppendRequest, after: int) -> tuple[Appended | None, int]:
-        """Whether ``request`` is in the log after seq ``after`` (as an Appended), else the
-        run's last seq."""
-        delay = 0.1
-        for _ in range(10):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            try:
-                events = await self.settings.store.read_run_events(self.run.id)
-                run = await self.settings.store.get_run(self.run.id)
-            except StoreUnavailable:
-                continue  # still cannot tell: never guess "not landed"
-            if run is None or not events:
-                raise RunLost()
-            first = _position_of(request, events, after=after)
-            if first is not None:
-                return Appended(run=run, first_seq=first), events[-1].seq
-            return None, events[-1].seq
-        raise RunLost()
+    async def append(
+        self,
+        events: list[ev.EventData],
+        *,
+        expect: bool = False,
+        child: AppendRequest | None = None,
+        signal: SignalSend | None = None,
+    ) -> Appended:
+        """Append under our claim, through the one submit path (``writer.RunWriter``)."""
+        return await self.writer.append(events, expect=expect, child=child, signal=signal)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -432,14 +391,3 @@ class Execution:
         return await self.tracked(
             step_child.run_child(self, workflow, input, version=version, timeout=timeout, name=name)
         )
-
-
-def _position_of(request: AppendRequest, events: list[Event], *, after: int) -> int | None:
-    """The seq at which the request's events were appended after ``after``, if they were."""
-    mine = [ev.to_dict(e) for e in request.events]
-    newer = [e for e in events if e.seq > after]
-    for start in range(len(newer) - len(mine) + 1):
-        window = newer[start : start + len(mine)]
-        if [e.data for e in window] == mine:
-            return window[0].seq
-    return None

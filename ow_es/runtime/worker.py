@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ow_es.worker")
 
-_SQLITE_FAST_POLL = 0.02  # seconds between claims right after work was found
+_FAST_POLL = 0.02  # without pushed wake-ups: seconds between claims right after work was found
 
 
 class Worker:
@@ -109,7 +109,7 @@ class Worker:
     ) -> None:
         store = self.client.store
         wake = store.wake_channel()
-        idle_wait = _SQLITE_FAST_POLL
+        idle_wait = _FAST_POLL
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
             claimed: list[WorkflowRun] = []
@@ -126,9 +126,9 @@ class Worker:
             if free > 0 and len(claimed) == free:
                 continue  # there may be more ready work
             timeout = self.poll_interval
-            if store.backend == "sqlite":
+            if not wake.pushes:
                 # No notifications across processes: poll fast while busy, back off when idle.
-                idle_wait = _SQLITE_FAST_POLL if claimed else min(idle_wait * 2, self.poll_interval)
+                idle_wait = _FAST_POLL if claimed else min(idle_wait * 2, self.poll_interval)
                 timeout = idle_wait
             if free > len(claimed):
                 timeout = min(timeout, await self._until_next_timer(workflows))

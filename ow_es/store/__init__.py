@@ -1,11 +1,22 @@
-"""Storage: the port (``base``) and its PostgreSQL and SQLite adapters."""
+"""Storage: the port (``port``), the rules of writing (``rules``) over it, and the PostgreSQL
+and SQLite adapters (``postgres/``, ``sqlite/``)."""
 
 from __future__ import annotations
 
 from ow_es.config import Settings
-from ow_es.store.port import Appended, AppendRequest, LogBatch, Outcome, Store, WakeChannel
+from ow_es.store.port import Appended, AppendRequest, LogBatch, Outcome, SignalSend, WakeChannel
+from ow_es.store.store import Store
 
-__all__ = ["AppendRequest", "Appended", "LogBatch", "Outcome", "Store", "WakeChannel", "make_store"]
+__all__ = [
+    "AppendRequest",
+    "Appended",
+    "LogBatch",
+    "Outcome",
+    "SignalSend",
+    "Store",
+    "WakeChannel",
+    "make_store",
+]
 
 
 def make_store(settings: Settings, *, pool_size: int = 10) -> Store:
@@ -14,7 +25,9 @@ def make_store(settings: Settings, *, pool_size: int = 10) -> Store:
         from ow_es.store.sqlite.store import SqliteStore
 
         assert settings.sqlite_path is not None
-        return SqliteStore(settings.sqlite_path, settings.namespace)
+        return Store(SqliteStore(settings.sqlite_path, settings.namespace))
     from ow_es.store.postgres.store import PostgresStore
 
-    return PostgresStore(settings.url, settings.namespace, settings.schema, pool_size=pool_size)
+    return Store(
+        PostgresStore(settings.url, settings.namespace, settings.schema, pool_size=pool_size)
+    )

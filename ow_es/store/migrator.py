@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from ow_es.errors import StoreUnavailable
+from ow_es.errors import SchemaMismatch
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -37,7 +37,7 @@ def pending(dialect: str, applied: int) -> list[Migration]:
     """Migrations after version ``applied``; refuses a database newer than this ow-es."""
     latest = latest_version(dialect)
     if applied > latest:
-        raise StoreUnavailable(
+        raise SchemaMismatch(
             f"the database schema is at version {applied}, newer than this ow-es knows "
             f"({latest}); upgrade ow-es"
         )

@@ -1,14 +1,17 @@
-"""The store port: the handful of operations everything above the database uses.
+"""The store port: what an adapter (PostgreSQL, SQLite) provides, and the requests and
+outcomes that cross it.
 
-Adapters (``postgres.py``, ``sqlite.py``) translate driver errors into ow-es errors, so nothing
-above this layer imports psycopg or sqlite3.
+Everything above this layer reaches the database through :class:`ow_es.store.rules.Store`,
+which applies the rules and drives an :class:`Adapter` through these protocols. Adapters
+translate driver errors into ow-es errors, so nothing above them imports psycopg or sqlite3.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
@@ -16,11 +19,20 @@ from ow_es.events import EventData
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 
 if TYPE_CHECKING:
-    from ow_es.reproject import Rebuilder
-    from ow_es.store.tx import Transaction
+    from ow_es.store.plan import Plan
+    from ow_es.store.rebuild_port import Rebuilder
+    from ow_es.store.tables import TxTime
 
 T = TypeVar("T")
 WorkflowKey = tuple[str, str | None]  # (name, version) a worker serves
+
+
+class SignalSend(msgspec.Struct, kw_only=True):
+    """A signal a run's step sends: delivered in the same transaction as the step's record."""
+
+    signal_name: str
+    data: Any
+    step_name: str
 
 
 class AppendRequest(msgspec.Struct, kw_only=True):
@@ -28,8 +40,11 @@ class AppendRequest(msgspec.Struct, kw_only=True):
 
     ``claim_token`` fences the append: it is accepted only while the run is ``running`` under
     that claim. ``expected_seq`` additionally requires that nothing else was appended since.
-    ``known``: the run's row as the writer last saw it, a hint an adapter may use to skip
-    reading the row (it must still check that the row is unchanged).
+    ``known``: the run's row as the writer last saw it, which lets the rules plan the append
+    without reading the row (the write still checks that the row is unchanged).
+    ``child``: a child run created in the same transaction, before these events.
+    ``signal``: a signal delivered in the same transaction; its ``SignalSent`` event (with the
+    runs it reached) is appended after these events.
     """
 
     run_id: str
@@ -37,15 +52,25 @@ class AppendRequest(msgspec.Struct, kw_only=True):
     claim_token: str | None = None
     expected_seq: int | None = None
     known: WorkflowRun | None = None
+    child: AppendRequest | None = None
+    signal: SignalSend | None = None
+
+    @property
+    def compound(self) -> bool:
+        """Writes another run too: it gets a transaction of its own."""
+        return self.child is not None or self.signal is not None
 
 
 class Appended(msgspec.Struct, kw_only=True):
     """An accepted append: the run's row afterwards. ``created`` is False for an existing
-    run returned by idempotency key (nothing was written then)."""
+    run returned by idempotency key (nothing was written then). ``child`` and ``delivered``
+    report a compound request's other writes."""
 
     run: WorkflowRun
     created: bool = False
     first_seq: int = 0
+    child: WorkflowRun | None = None
+    delivered: list[str] | None = None
 
 
 Outcome = Appended | Exception
@@ -58,50 +83,82 @@ class LogBatch(msgspec.Struct, kw_only=True):
     cursor: str | None
 
 
-class Store(Protocol):
-    """One database, one namespace."""
+class Primitives(Protocol):
+    """One open write transaction of an adapter. The rules call these; they decide nothing."""
 
     namespace: str
-    backend: str
+    time: TxTime  # the transaction's time marker (see ``tables.TxTime``)
 
-    async def open(self, *, migrate: bool = True) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def migrate(self, *, dry_run: bool = False) -> list[str]:
-        """Apply pending migrations (or only name them); returns their names."""
+    async def now(self) -> datetime:
+        """The transaction's time as the database has it."""
         ...
 
-    async def schema_version(self) -> int: ...
-
-    async def run(self, what: str, fn: Callable[[Transaction], Awaitable[T]]) -> T:
-        """Run ``fn`` in one write transaction (retried from the start after a deadlock)."""
+    async def lock_runs(self, run_ids: list[str]) -> dict[str, WorkflowRun]:
+        """The current rows of these runs, locked until commit (in id order)."""
         ...
 
-    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        """Append all requests in one transaction; each gets its own outcome (an accepted
-        ``Appended``, or the ``ConcurrencyError``/``RunNotFound``/``InvalidTransition`` that
-        rejected it without affecting the others)."""
+    async def insert_runs(self, runs: list[WorkflowRun]) -> set[str]:
+        """Insert new run rows; returns the ids inserted (a taken id or idempotency key
+        inserts nothing)."""
         ...
 
-    async def claim(
-        self,
-        worker_id: str,
-        workflows: Sequence[WorkflowKey],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[WorkflowRun]:
-        """Claim up to ``limit`` ready runs of ``workflows``; ready runs past their deadline
-        are failed instead (and not returned)."""
+    async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None: ...
+
+    async def write(self, plan: Plan) -> None:
+        """Insert the plan's events, update its run rows, upsert its step rows."""
         ...
 
-    async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
-        """Extend the leases of ``{run_id: claim_token}``; returns the run ids still held."""
+    async def select_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
+        """Lock up to ``limit`` claimable runs of ``workflows`` (skipping rows locked by
+        others): due runs first, then runs whose lease expired."""
         ...
 
-    async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
-        """The earliest future ``available_at`` or lease expiry among ``workflows``' runs."""
+    async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
+        """The open waits on a signal, their run and step rows locked."""
         ...
+
+    async def live_children(self, parent_ids: list[str]) -> list[str]:
+        """Ids of the non-terminal children of these runs."""
+        ...
+
+    async def claim_signal_key(self, key: str, signal_name: str) -> bool:
+        """Take an idempotency key for a send; False when an earlier send holds it."""
+        ...
+
+    async def signal_send(self, key: str, signal_name: str) -> list[str]:
+        """The runs an earlier send with this key reached."""
+        ...
+
+    async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None: ...
+
+    def notify(self, *, ready: bool, done: list[str]) -> None:
+        """After commit, wake workers (``ready``) and the waiters of runs that ended."""
+        ...
+
+
+@dataclass(frozen=True)
+class Single:
+    """An append planned without reading the row: written in one statement if the row is
+    still as planned (``old`` None: a new run, if its id and key are free)."""
+
+    plan: Plan
+    time: TxTime
+    old: WorkflowRun | None
+    new: WorkflowRun
+    claim_token: str | None
+
+
+class OneStatementWrites(Protocol):
+    """The capability to write a planned append in one statement (PostgreSQL)."""
+
+    async def write_singles(self, singles: Sequence[Single]) -> list[datetime | None]:
+        """Write each, in one round trip; the transaction time of those written, None for
+        those whose row was not as planned (nothing of theirs is written)."""
+        ...
+
+
+class Reads(Protocol):
+    """The read side of an adapter: one namespace of one database."""
 
     async def get_run(self, run_id: str) -> WorkflowRun | None: ...
 
@@ -134,6 +191,41 @@ class Store(Protocol):
         """Runs by (workflow name, status)."""
         ...
 
+    async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
+        """The earliest future ``available_at`` or lease expiry among ``workflows``' runs."""
+        ...
+
+
+class Adapter(Reads, Protocol):
+    """A database behind the port."""
+
+    namespace: str
+    dialect: str  # names its migrations folder: "postgres" or "sqlite"
+
+    @property
+    def single(self) -> OneStatementWrites | None:
+        """Its one-statement appends; None: every append takes a transaction."""
+        ...
+
+    async def open(self, *, migrate: bool = True) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Apply pending migrations (or only name them); returns their names."""
+        ...
+
+    async def schema_version(self) -> int: ...
+
+    async def transaction(self, what: str, fn: Callable[[Primitives], Awaitable[T]]) -> T:
+        """Run ``fn`` in one write transaction (again from the start after a deadlock); the
+        notifications it asked for are sent once it commits."""
+        ...
+
+    async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
+        """Extend the leases of ``{run_id: claim_token}``; returns the run ids still held."""
+        ...
+
     def rebuilder(self) -> Rebuilder:
         """The backend half of ``reproject``."""
         ...
@@ -143,6 +235,10 @@ class Store(Protocol):
 
 class WakeChannel(Protocol):
     """Wake-ups: 'a run may be ready' and 'run X finished'."""
+
+    # True when wake-ups come from other processes too (LISTEN/NOTIFY); False when only
+    # from this process, so waiters must also poll.
+    pushes: bool
 
     async def start(self) -> None: ...
 

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
-from ow_es.errors import ConcurrencyError, InvalidTransition, StepTimeout
+from ow_es.errors import StepTimeout
 from ow_es.payload import error_info, from_json_value, to_json_value
-from ow_es.runtime.unwind import Park, RunLost, Stale, step_failed
-from ow_es.store.port import Appended, AppendRequest
+from ow_es.runtime.steps.host import StepHost
+from ow_es.runtime.unwind import Park, Stale, step_failed
+from ow_es.store.port import AppendRequest
 from ow_es.workflow import Workflow
-
-if TYPE_CHECKING:
-    from ow_es.runtime.executor import Execution
-    from ow_es.store.tx import Transaction
 
 
 async def run_child(
-    ex: Execution,
+    ex: StepHost,
     workflow: Workflow[Any] | str,
     input: Any,
     *,
@@ -69,7 +66,7 @@ async def run_child(
                         final=True,
                         started_at=ex.history.started_at[name],
                         child_run_id=child_id,
-                        worker_id=ex.settings.worker_id,
+                        worker_id=ex.worker_id,
                     )
                 ],
                 expect=True,
@@ -79,7 +76,7 @@ async def run_child(
 
 
 async def _start_child(
-    ex: Execution,
+    ex: StepHost,
     name: str,
     attempt: int,
     wf_name: str,
@@ -91,7 +88,7 @@ async def _start_child(
     """Create the child and record it on the parent in one transaction, the parent's part
     fenced by its claim: a parent that was canceled (or lost) meanwhile leaves no orphan."""
     schema = spec.input_type if spec and spec.takes_input else Any
-    value = to_json_value(input, f"child {wf_name!r} input", ex.settings.max_payload_bytes, schema)
+    value = to_json_value(input, f"child {wf_name!r} input", ex.max_payload_bytes, schema)
     now = utcnow()
     wake = None if timeout is None else now + timedelta(seconds=to_seconds(timeout, "timeout"))
     # The key makes the child exactly-once across replays of this attempt of the step.
@@ -110,48 +107,32 @@ async def _start_child(
             )
         ],
     )
-
-    async def start(tx: Transaction) -> tuple[Appended, Appended]:
-        (child,) = await tx.apply([create])
-        if not isinstance(child, Appended):
-            raise child
-        record = AppendRequest(
-            run_id=ex.run.id,
-            claim_token=ex.token,
-            events=[
-                ev.StepStarted(
-                    step_name=name,
-                    kind="workflow",
-                    attempt=attempt,
-                    child_run_id=child.run.id,
-                    input={"until": wake.isoformat() if wake else None},
-                    worker_id=ex.settings.worker_id,
-                ),
-                ev.ChildStarted(
-                    step_name=name,
-                    child_run_id=child.run.id,
-                    workflow_name=wf_name,
-                    worker_id=ex.settings.worker_id,
-                ),
-            ],
-        )
-        (parent,) = await tx.apply([record])
-        if not isinstance(parent, Appended):
-            raise parent  # rolls the child back with it
-        return child, parent
-
-    try:
-        child, parent = await ex.tracked(ex.settings.store.run("starting a child run", start))
-    except (ConcurrencyError, InvalidTransition):
-        raise RunLost() from None
-    ex.advance(parent)
-    if child.run.is_terminal:
+    events: list[ev.EventData] = [
+        ev.StepStarted(
+            step_name=name,
+            kind="workflow",
+            attempt=attempt,
+            child_run_id=create.run_id,
+            input={"until": wake.isoformat() if wake else None},
+            worker_id=ex.worker_id,
+        ),
+        ev.ChildStarted(
+            step_name=name,
+            child_run_id=create.run_id,
+            workflow_name=wf_name,
+            worker_id=ex.worker_id,
+        ),
+    ]
+    recorded = await ex.tracked(ex.append(events, child=create))
+    child = recorded.child
+    assert child is not None
+    if child.is_terminal:
         raise Stale()  # it finished before we recorded it: replay to pick up its result
-    return child.run.id, wake
+    return child.id, wake
 
 
 async def _child_result(
-    ex: Execution, name: str, started: ev.StepStarted, finished: ev.ChildFinished, output_type: Any
+    ex: StepHost, name: str, started: ev.StepStarted, finished: ev.ChildFinished, output_type: Any
 ) -> Any:
     common: dict[str, Any] = {
         "step_name": name,
@@ -159,7 +140,7 @@ async def _child_result(
         "attempt": started.attempt,
         "started_at": ex.history.started_at[name],
         "child_run_id": finished.child_run_id,
-        "worker_id": ex.settings.worker_id,
+        "worker_id": ex.worker_id,
     }
     if finished.status == "completed":
         await ex.append([ev.StepCompleted(output=finished.output, **common)])

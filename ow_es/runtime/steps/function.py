@@ -9,18 +9,15 @@ import typing
 import weakref
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import StepLimitExceeded, StepTimeout
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.retry import STEP_DEFAULT, RetryPolicy
+from ow_es.runtime.steps.host import StepHost
 from ow_es.runtime.unwind import Park, RunLost, Stale, step_failed
-
-if TYPE_CHECKING:
-    from ow_es.runtime.executor import Execution
-
 
 # A step still running after this long gets a `step_started` event (visible as running);
 # quicker steps are recorded by their completion alone, saving a commit per step.
@@ -56,7 +53,7 @@ def _evaluate_return_type(fn: Callable[..., Any]) -> Any:
 
 
 async def run_step(
-    ex: Execution,
+    ex: StepHost,
     name: str,
     fn: Callable[[], Any],
     *,
@@ -79,8 +76,8 @@ async def run_step(
         raise ex.parking(Park("retry", name, until, attempt=attempt))
     ex.check_active()  # replayed steps above may still answer; nothing new starts once parking
     await ex.ensure_lease()
-    if ex.history.function_attempts >= ex.workflow.max_step_attempts:
-        ex.limit_exceeded = True
+    if ex.history.function_attempts >= ex.max_step_attempts:
+        ex.exceed_step_limit()
         raise StepLimitExceeded(f"step {name!r}: the run reached its step attempt limit")
     ex.history.function_attempts += 1
     seconds = None if timeout is None else to_seconds(timeout, "timeout")
@@ -90,7 +87,7 @@ async def run_step(
 
 
 async def _attempt(
-    ex: Execution,
+    ex: StepHost,
     name: str,
     fn: Callable[[], Any],
     policy: RetryPolicy,
@@ -98,11 +95,11 @@ async def _attempt(
     attempt: int,
     budget_used: int,
 ) -> Any:
-    worker = ex.settings.worker_id
+    worker = ex.worker_id
     started = utcnow()
     try:
         result = await _call(ex, name, fn, timeout, attempt)
-        value = to_json_value(result, f"step {name!r} result", ex.settings.max_payload_bytes)
+        value = to_json_value(result, f"step {name!r} result", ex.max_payload_bytes)
     except (Park, RunLost, Stale, asyncio.CancelledError):
         raise
     except Exception as exc:
@@ -141,16 +138,14 @@ async def _attempt(
 
 
 async def _call(
-    ex: Execution, name: str, fn: Callable[[], Any], timeout: float | None, attempt: int
+    ex: StepHost, name: str, fn: Callable[[], Any], timeout: float | None, attempt: int
 ) -> Any:
     if inspect.iscoroutinefunction(fn):
         task: asyncio.Future[Any] = asyncio.ensure_future(fn())
     else:
         # A thread cannot be stopped: a timed-out sync step keeps running in its thread.
         loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(
-            _await_if_needed(loop.run_in_executor(ex.settings.threads, fn))
-        )
+        task = asyncio.ensure_future(_await_if_needed(loop.run_in_executor(ex.threads, fn)))
     done, _ = await asyncio.wait({task}, timeout=STARTED_GRACE_SECONDS)
     if not done:
         try:
@@ -160,7 +155,7 @@ async def _call(
                         step_name=name,
                         kind="function",
                         attempt=attempt,
-                        worker_id=ex.settings.worker_id,
+                        worker_id=ex.worker_id,
                     )
                 ]
             )

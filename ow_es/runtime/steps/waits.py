@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
-from ow_es.errors import ConcurrencyError, InvalidTransition
 from ow_es.payload import to_json_value
-from ow_es.runtime.unwind import Park, RunLost
-from ow_es.store.port import AppendRequest
-from ow_es.store.tx import Delivery
-
-if TYPE_CHECKING:
-    from ow_es.runtime.executor import Execution
+from ow_es.runtime.steps.host import StepHost
+from ow_es.runtime.unwind import Park
+from ow_es.store import SignalSend
 
 
 async def sleep(
-    ex: Execution, name: str, *, duration: Duration | None = None, until: datetime | None = None
+    ex: StepHost, name: str, *, duration: Duration | None = None, until: datetime | None = None
 ) -> None:
     name = ex.unique_name(name)
     if name in ex.history.completed:
@@ -43,7 +39,7 @@ async def sleep(
                     kind="sleep",
                     attempt=1,
                     input={"until": wake.isoformat()},
-                    worker_id=ex.settings.worker_id,
+                    worker_id=ex.worker_id,
                 )
             ]
         )
@@ -56,7 +52,7 @@ async def sleep(
                     kind="sleep",
                     attempt=1,
                     started_at=started_at,
-                    worker_id=ex.settings.worker_id,
+                    worker_id=ex.worker_id,
                 )
             ]
         )
@@ -65,7 +61,7 @@ async def sleep(
 
 
 async def wait_for_signal(
-    ex: Execution, signal: str, *, timeout: Duration | None, name: str | None
+    ex: StepHost, signal: str, *, timeout: Duration | None, name: str | None
 ) -> Any:
     name = ex.unique_name(name or signal)
     completed = ex.history.completed.get(name)
@@ -90,7 +86,7 @@ async def wait_for_signal(
                     attempt=1,
                     signal_name=signal,
                     input={"until": wake.isoformat() if wake else None},
-                    worker_id=ex.settings.worker_id,
+                    worker_id=ex.worker_id,
                 )
             ]
         )
@@ -110,7 +106,7 @@ async def wait_for_signal(
                     output=None,
                     signal_name=signal,
                     started_at=started_at,
-                    worker_id=ex.settings.worker_id,
+                    worker_id=ex.worker_id,
                 )
             ],
             expect=True,
@@ -119,37 +115,22 @@ async def wait_for_signal(
     raise ex.parking(Park("signal", name, wake, signal=signal))
 
 
-async def send_signal(ex: Execution, signal: str, data: Any, *, name: str | None) -> list[str]:
+async def send_signal(ex: StepHost, signal: str, data: Any, *, name: str | None) -> list[str]:
     name = ex.unique_name(name or f"send:{signal}")
     completed = ex.history.completed.get(name)
     if completed is not None:
         return list(completed.output or [])
     ex.check_active()
-    value = to_json_value(data, f"signal {signal!r} data", ex.settings.max_payload_bytes)
-    sender = AppendRequest(
-        run_id=ex.run.id,
-        claim_token=ex.token,
-        events=[
-            ev.StepCompleted(
-                step_name=name,
-                kind="signal_send",
-                attempt=1,
-                output=[],
-                signal_name=signal,
-                started_at=utcnow(),
-                worker_id=ex.settings.worker_id,
-            )
-        ],
+    value = to_json_value(data, f"signal {signal!r} data", ex.max_payload_bytes)
+    completed = ev.StepCompleted(
+        step_name=name,
+        kind="signal_send",
+        attempt=1,
+        output=[],  # the runs the signal reached, filled in by the transaction that sends it
+        signal_name=signal,
+        started_at=utcnow(),
+        worker_id=ex.worker_id,
     )
-    try:
-        delivery: Delivery = await ex.tracked(
-            ex.settings.store.run(
-                "sending a signal",
-                lambda tx: tx.deliver_signal(signal, value, None, sender=sender, sender_step=name),
-            )
-        )
-    except (ConcurrencyError, InvalidTransition):
-        raise RunLost() from None
-    if delivery.sender is not None:
-        ex.advance(delivery.sender)
-    return delivery.run_ids
+    send = SignalSend(signal_name=signal, data=value, step_name=name)
+    recorded = await ex.tracked(ex.append([completed], signal=send))
+    return list(recorded.delivered or [])

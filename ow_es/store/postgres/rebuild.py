@@ -12,31 +12,22 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, StepAttempt, WorkflowRun
+from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.projections import Recorded
-from ow_es.reproject import COMPARED, TABLES, Difference, GateBusy, RunKey
-from ow_es.store import codec
-from ow_es.store.postgres.store import PostgresStore, _run_params, _step_params
+from ow_es.store import codec, statements, tables
+from ow_es.store.postgres.store import PostgresStore
+from ow_es.store.rebuild_port import COMPARED, TABLES, Difference, GateBusy, RunKey
+from ow_es.store.tables import RUNS, STEPS, Table
 
 
-def _upsert_from_stage(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> sql.Composed:
-    updates = [
-        sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
-        for c in columns
-        if c not in key
-    ]
-    return sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
-        sql.Identifier(f"{table}_rebuild"),
-        sql.Identifier(f"ow_es_stage_{table}"),
-        sql.SQL(", ").join(map(sql.Identifier, key)),
-        sql.SQL(", ").join(updates),
+def _upsert_from_stage(table: Table) -> str:
+    return (
+        f"INSERT INTO {table.name}_rebuild SELECT * FROM ow_es_stage_{table.name} "
+        + statements.upsert_clause(table)
     )
 
 
-_UPSERT_FROM_STAGE = {
-    "workflow_runs": _upsert_from_stage("workflow_runs", RUN_COLUMNS, TABLES["workflow_runs"]),
-    "step_attempts": _upsert_from_stage("step_attempts", STEP_COLUMNS, TABLES["step_attempts"]),
-}
+_UPSERT_FROM_STAGE = {table.name: _upsert_from_stage(table) for table in (RUNS, STEPS)}
 _READ = """
 SELECT namespace_id, run_id, seq, type, schema_version, data::text, created_at,
        tx_id::text AS tx_text, position
@@ -75,8 +66,8 @@ class PgRebuildTx:
     async def write(self, runs: list[WorkflowRun], steps: list[StepAttempt], cursor: str) -> None:
         """COPY the batch's rows into session staging tables, then upsert each table in one
         statement (a statement per row is what made this slow)."""
-        await self._stage("workflow_runs", [_run_params(r) for r in runs])
-        await self._stage("step_attempts", [_step_params(s) for s in steps])
+        await self._stage("workflow_runs", [tables.values(RUNS, r) for r in runs])
+        await self._stage("step_attempts", [tables.values(STEPS, s) for s in steps])
         await self.conn.execute("UPDATE reproject_state SET cursor = %s", [cursor])
 
     async def _stage(self, table: str, rows: list[tuple[Any, ...]]) -> None:
@@ -179,7 +170,7 @@ class PostgresRebuilder:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self.store._conn("reprojecting") as conn, conn.transaction():
+        async with self.store.connection("reprojecting") as conn, conn.transaction():
             yield conn
 
     async def counts(self) -> dict[str, int]:
@@ -223,13 +214,13 @@ class PostgresRebuilder:
             return "0:0", False
 
     async def read(self, cursor: str, limit: int) -> tuple[list[Recorded], str]:
-        async with self.store._conn("reading the log") as conn:
-            return await PgRebuildTx(conn, self.store._gate_key).read(cursor, limit, barrier=True)
+        async with self.store.connection("reading the log") as conn:
+            return await PgRebuildTx(conn, self.store.gate_key).read(cursor, limit, barrier=True)
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[PgRebuildTx]:
         async with self._tx() as conn:
-            yield PgRebuildTx(conn, self.store._gate_key)
+            yield PgRebuildTx(conn, self.store.gate_key)
 
     async def build_indexes(self) -> None:
         """The live tables' secondary indexes, on the shadow tables, before the gate."""
@@ -254,11 +245,11 @@ class PostgresRebuilder:
         async with self._tx() as conn:
             await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'")
             try:
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store._gate_key])
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store.gate_key])
             except psycopg.errors.LockNotAvailable:
                 raise GateBusy("the append gate is busy") from None
             try:
-                yield PgRebuildTx(conn, self.store._gate_key)
+                yield PgRebuildTx(conn, self.store.gate_key)
             except psycopg.errors.LockNotAvailable:
                 raise GateBusy("a table lock was not granted in time") from None
 
@@ -266,10 +257,10 @@ class PostgresRebuilder:
     async def frozen(self, lock_timeout: float) -> AsyncIterator[PgFrozen]:
         """The gate as a session-level lock on a connection of its own, so it outlives the
         catch-up transaction; always unlocked before the connection goes back to the pool."""
-        async with self.store._conn("verifying") as conn:
+        async with self.store.connection("verifying") as conn:
             await conn.execute(f"SET lock_timeout = '{int(lock_timeout * 1000)}ms'")
             try:
-                await conn.execute("SELECT pg_advisory_lock(%s)", [self.store._gate_key])
+                await conn.execute("SELECT pg_advisory_lock(%s)", [self.store.gate_key])
             except psycopg.errors.LockNotAvailable:
                 raise GateBusy("the append gate is busy") from None
             finally:
@@ -299,16 +290,16 @@ class PgFrozen:
 
     async def release(self) -> None:
         if self.released_at is None:
-            key = self._rebuilder.store._gate_key
+            key = self._rebuilder.store.gate_key
             await self._lock_conn.execute("SELECT pg_advisory_unlock(%s)", [key])
             self.released_at = asyncio.get_running_loop().time()
 
     async def diff_after_release(self) -> list[Difference]:
-        async with self._rebuilder.store._conn("verifying") as conn, conn.transaction():
+        async with self._rebuilder.store.connection("verifying") as conn, conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             await conn.execute("SELECT 1")  # the snapshot is taken here, appends still held
             await self.release()
-            return await PgRebuildTx(conn, self._rebuilder.store._gate_key).diff()
+            return await PgRebuildTx(conn, self._rebuilder.store.gate_key).diff()
 
 
 async def _index_names(conn: psycopg.AsyncConnection[Any], table: str) -> list[str]:

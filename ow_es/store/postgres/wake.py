@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -18,13 +21,47 @@ from psycopg import sql
 from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
 
 log = logging.getLogger("ow_es.wake")
+_PAYLOAD_LIMIT = 7000  # NOTIFY payloads are capped near 8000 bytes
+
+
+@dataclass(frozen=True)
+class Channels:
+    """The NOTIFY channels of one schema and namespace: 'a run may be ready' and 'these runs
+    ended' (their ids as the payload)."""
+
+    ready: str
+    done: str
+
+    @classmethod
+    def of(cls, schema: str, namespace: str) -> Channels:
+        """Short, safe names: pg_notify rejects names over 63 bytes (LISTEN truncates them)."""
+        digest = hashlib.sha256(f"{schema}\0{namespace}".encode()).hexdigest()[:24]
+        return cls(ready=f"owes_{digest}_ready", done=f"owes_{digest}_done")
+
+    def payloads(self, *, ready: bool, done: list[str]) -> Iterator[tuple[str, str]]:
+        """The notifications to send: at most one on the ready channel, and the ended runs'
+        ids in chunks that fit a payload."""
+        if ready:
+            yield self.ready, ""
+        chunk: list[str] = []
+        size = 0
+        for run_id in done:
+            if chunk and size + len(run_id) + 1 > _PAYLOAD_LIMIT:
+                yield self.done, ",".join(chunk)
+                chunk, size = [], 0
+            chunk.append(run_id)
+            size += len(run_id) + 1
+        if chunk:
+            yield self.done, ",".join(chunk)
 
 
 class PostgresWakeChannel:
-    def __init__(self, url: str, ready_channel: str, done_channel: str) -> None:
+    pushes = True  # notifications reach every process that listens
+
+    def __init__(self, url: str, channels: Channels) -> None:
         self._url = url
-        self._ready_channel = ready_channel
-        self._done_channel = done_channel
+        self._ready_channel = channels.ready
+        self._done_channel = channels.done
         self._ready = ReadySignal()
         self._done = DoneWaiters()
         self._task: asyncio.Task[None] | None = None

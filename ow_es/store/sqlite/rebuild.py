@@ -12,23 +12,16 @@ from typing import Any
 
 import aiosqlite
 
-from ow_es.models import RUN_COLUMNS, STEP_COLUMNS, StepAttempt, WorkflowRun
+from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.projections import Recorded
-from ow_es.reproject import COMPARED, TABLES, Difference, RunKey
-from ow_es.store import codec
-from ow_es.store.sqlite.store import SqliteStore, _row, _run_params, _step_params
+from ow_es.store import codec, statements, tables
+from ow_es.store.rebuild_port import COMPARED, TABLES, Difference, RunKey
+from ow_es.store.sqlite.store import SqliteStore
+from ow_es.store.sqlite.transaction import row_dict, ts
+from ow_es.store.tables import RUNS, STEPS
 
-
-def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-    )
-
-
-_UPSERT_RUN = _upsert("workflow_runs_rebuild", RUN_COLUMNS, TABLES["workflow_runs"])
-_UPSERT_STEP = _upsert("step_attempts_rebuild", STEP_COLUMNS, TABLES["step_attempts"])
+_UPSERT_RUN = statements.upsert(RUNS, "sqlite", into=f"{RUNS.name}_rebuild")
+_UPSERT_STEP = statements.upsert(STEPS, "sqlite", into=f"{STEPS.name}_rebuild")
 
 
 class SqliteRebuildTx:
@@ -56,16 +49,16 @@ class SqliteRebuildTx:
         rows = await self.conn.execute_fetchall(
             "SELECT * FROM workflow_runs_rebuild WHERE (namespace_id, id) IN"
             " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
-            (codec.dumps([list(k) for k in keys]),),
+            (tables.dumps([list(k) for k in keys]),),
         )
-        runs = [codec.run_from_row(_row(r)) for r in rows]
+        runs = [codec.run_from_row(row_dict(r)) for r in rows]
         return {(r.namespace_id, r.id): r for r in runs}
 
     async def write(self, runs: list[WorkflowRun], steps: list[StepAttempt], cursor: str) -> None:
         if runs:
-            await self.conn.executemany(_UPSERT_RUN, [_run_params(r) for r in runs])
+            await self.conn.executemany(_UPSERT_RUN, [tables.values(RUNS, r, ts) for r in runs])
         if steps:
-            await self.conn.executemany(_UPSERT_STEP, [_step_params(s) for s in steps])
+            await self.conn.executemany(_UPSERT_STEP, [tables.values(STEPS, s, ts) for s in steps])
         await self.conn.execute("UPDATE reproject_state SET cursor = ?", (cursor,))
 
     async def swap(self) -> None:
@@ -142,7 +135,7 @@ class SqliteRebuilder:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self.store._write_tx("reprojecting") as conn:
+        async with self.store.write_tx("reprojecting") as conn:
             yield conn
 
     async def counts(self) -> dict[str, int]:
@@ -183,7 +176,7 @@ class SqliteRebuilder:
 
     async def read(self, cursor: str, limit: int) -> tuple[list[Recorded], str]:
         # Positions commit in order on SQLite: the reader connection needs no barrier.
-        conn = self.store._require(self.store._reader)
+        conn = self.store.reader()
         return await SqliteRebuildTx(conn).read(cursor, limit, barrier=True)
 
     @asynccontextmanager

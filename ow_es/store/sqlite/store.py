@@ -3,95 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
-import msgspec
 
 from ow_es.errors import OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
-from ow_es.reproject import Rebuilder
-from ow_es.store import codec, migrator
+from ow_es.store import codec, migrator, tables
 from ow_es.store.named_queries import load
-from ow_es.store.planner import Plan
-from ow_es.store.port import LogBatch, WorkflowKey
-from ow_es.store.tx import Transaction, TransactionalStore
-from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
+from ow_es.store.port import LogBatch, Primitives, WorkflowKey
+from ow_es.store.rebuild_port import Rebuilder
+from ow_es.store.sqlite.errors import translate
+from ow_es.store.sqlite.transaction import SqliteTransaction, row_dict, ts, workflows_json
+from ow_es.store.sqlite.wake import SqliteWakeChannel
 
 Q = load("sqlite")
 T = TypeVar("T")
-_JSON_COLUMNS = {"input", "output", "error", "waiting_for", "data"}
-
-
-def ts(value: datetime | None) -> str | None:
-    """Fixed-width UTC text, so text order is time order."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _row(row: sqlite3.Row) -> dict[str, Any]:
-    out = dict(row)
-    for key in _JSON_COLUMNS.intersection(out):
-        if out[key] is not None:
-            out[key] = msgspec.json.decode(out[key])
-    return out
-
-
-def _run_params(run: WorkflowRun) -> tuple[Any, ...]:
-    return codec.run_values(run, ts)
-
-
-def _step_params(step: StepAttempt) -> tuple[Any, ...]:
-    return codec.step_values(step, ts)
-
-
-class _Shared:
-    """Per-process wake-ups for one database file: client and worker in one process share it."""
-
-    registry: ClassVar[dict[str, _Shared]] = {}
-
-    def __init__(self) -> None:
-        self.ready = ReadySignal()
-        self.done = DoneWaiters()
-
-    @classmethod
-    def for_path(cls, path: str) -> _Shared:
-        key = path if path == ":memory:" else os.path.abspath(path)
-        return cls.registry.setdefault(key, cls())
-
-
-class SqliteWakeChannel:
-    """Polling (the worker adapts its interval) plus the in-process wake of ``_Shared``."""
-
-    def __init__(self, shared: _Shared) -> None:
-        self._shared = shared
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def wait_ready(self, timeout: float) -> bool:
-        return await self._shared.ready.wait(timeout)
-
-    def subscribe_done(self, run_id: str) -> Waiter:
-        return self._shared.done.subscribe(run_id)
-
-
-class SqliteStore(TransactionalStore):
-    backend = "sqlite"
+class SqliteStore:
+    dialect = "sqlite"
+    single = None  # one writer at a time: every append is a transaction
 
     def __init__(self, path: str, namespace: str, *, busy_timeout_ms: int = 30000) -> None:
         self.path = path
@@ -100,8 +41,7 @@ class SqliteStore(TransactionalStore):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self._shared = _Shared.for_path(path)
-        self._wake = SqliteWakeChannel(self._shared)
+        self._wake = SqliteWakeChannel.for_path(path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -141,13 +81,18 @@ class SqliteStore(TransactionalStore):
             await conn.close()
         self._reader = self._writer = None
 
+    def reader(self) -> aiosqlite.Connection:
+        """The connection reads go through (not the writer, unless in memory)."""
+        return self._require(self._reader)
+
     def _require(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
         if conn is None:
             raise StoreUnavailable("the client is not connected (call connect() first)")
         return conn
 
     @asynccontextmanager
-    async def _write_tx(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+    async def write_tx(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction on the writer connection."""
         conn = self._require(self._writer)
         async with self._write_lock:
             try:
@@ -160,7 +105,7 @@ class SqliteStore(TransactionalStore):
                     raise
                 await conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite error while {what}: {exc}") from None
+                raise translate(exc, what) from None
 
     # -- migrations ------------------------------------------------------------------------
 
@@ -178,7 +123,7 @@ class SqliteStore(TransactionalStore):
         conn = self._require(self._writer)
         if dry_run:
             return [m.name for m in migrator.pending("sqlite", await self._applied_version(conn))]
-        async with self._write_tx("migrating") as tx:
+        async with self.write_tx("migrating") as tx:
             await tx.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                 " name TEXT NOT NULL, applied_at TEXT NOT NULL)"
@@ -198,32 +143,32 @@ class SqliteStore(TransactionalStore):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def run(self, what: str, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+    async def transaction(self, what: str, fn: Callable[[Primitives], Awaitable[T]]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; wake in-process waiters after."""
-        async with self._write_tx(what) as conn:
-            tx = SqliteTransaction(self, conn, _now())
+        async with self.write_tx(what) as conn:
+            tx = SqliteTransaction(conn, self.namespace, _now())
             result = await fn(tx)
         if tx.ready:
-            self._shared.ready.set()
+            self._wake.ready.set()
         if tx.done:
-            self._shared.done.notify(tx.done)
+            self._wake.done.notify(tx.done)
         return result
 
     async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
         if not claims:
             return set()
-        async with self._write_tx("extending leases") as conn:
+        async with self.write_tx("extending leases") as conn:
             until = _now() + timedelta(seconds=lease_seconds)
             rows = await conn.execute_fetchall(
                 Q["heartbeat"],
-                (ts(until), self.namespace, codec.dumps([[k, v] for k, v in claims.items()])),
+                (ts(until), self.namespace, tables.dumps([[k, v] for k, v in claims.items()])),
             )
             return {row[0] for row in rows}
 
     async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
         if not workflows:
             return None
-        now, wf = ts(_now()), _workflows_json(workflows)
+        now, wf = ts(_now()), workflows_json(workflows)
         rows = list(
             await self._require(self._reader).execute_fetchall(
                 Q["next_wake_at"], (self.namespace, now, wf, self.namespace, now, wf)
@@ -236,9 +181,9 @@ class SqliteStore(TransactionalStore):
     async def _fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         try:
             rows = await self._require(self._reader).execute_fetchall(query, params)
-            return [_row(r) for r in rows]
+            return [row_dict(r) for r in rows]
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite error while reading: {exc}") from None
+            raise translate(exc, "reading") from None
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
         rows = await self._fetch(Q["get_run"], (self.namespace, run_id))
@@ -299,17 +244,6 @@ class SqliteStore(TransactionalStore):
         return self._wake
 
 
-@functools.cache
-def _update_statement(columns: tuple[str, ...]) -> str:
-    """UPDATE of just these columns (the names come from the model, never from input)."""
-    assignments = ", ".join(f"{column} = ?" for column in columns)
-    return f"UPDATE workflow_runs SET {assignments} WHERE namespace_id = ? AND id = ?"
-
-
-def _workflows_json(workflows: Sequence[WorkflowKey]) -> str:
-    return codec.dumps([[name, version or ""] for name, version in workflows])
-
-
 def _statements(script: str) -> list[str]:
     """Split a migration into statements (sqlite3 runs one at a time inside a transaction)."""
     statements, current = [], ""
@@ -323,73 +257,3 @@ def _statements(script: str) -> list[str]:
     if current.strip():
         statements.append(current.strip())
     return statements
-
-
-class SqliteTransaction(Transaction):
-    def __init__(self, store: SqliteStore, conn: aiosqlite.Connection, now: datetime) -> None:
-        super().__init__(store.namespace)
-        self._conn = conn
-        self.now = now
-
-    async def clock(self) -> datetime:
-        return self.now
-
-    async def _rows(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        return [_row(r) for r in await self._conn.execute_fetchall(query, params)]
-
-    async def insert_runs(self, runs: list[WorkflowRun]) -> set[str]:
-        inserted: set[str] = set()
-        for run in runs:
-            run = msgspec.structs.replace(run, created_at=self.now, updated_at=self.now)
-            rows = await self._conn.execute_fetchall(Q["insert_run"], _run_params(run))
-            inserted.update(row[0] for row in rows)
-        return inserted
-
-    async def find_by_key(self, workflow_name: str, key: str | None) -> WorkflowRun | None:
-        rows = await self._rows(Q["find_by_key"], (self.namespace, workflow_name, key))
-        return codec.run_from_row(rows[0]) if rows else None
-
-    async def lock_runs(self, run_ids: list[str]) -> dict[str, WorkflowRun]:
-        # BEGIN IMMEDIATE already holds the database's write lock.
-        rows = await self._rows(Q["lock_runs"], (self.namespace, codec.dumps(run_ids)))
-        return {row["id"]: codec.run_from_row(row) for row in rows}
-
-    async def write(self, plan: Plan) -> None:
-        if plan.events:
-            await self._conn.executemany(
-                Q["insert_event"], [codec.event_values(e, time=ts) for e in plan.events]
-            )
-        for columns, params in codec.run_changes(plan.updated_runs, ts).items():
-            await self._conn.executemany(_update_statement(columns), params)
-        if plan.steps:
-            await self._conn.executemany(Q["upsert_step"], [_step_params(s) for s in plan.steps])
-
-    async def claim_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
-        now = ts(self.now)
-        rows = await self._rows(
-            Q["claim_ready"], (self.namespace, now, now, _workflows_json(workflows), limit)
-        )
-        return [codec.run_from_row(row) for row in rows]
-
-    async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
-        rows = await self._rows(Q["open_signal_waits"], (self.namespace, signal_name))
-        return [codec.step_from_row(row) for row in rows]
-
-    async def live_children(self, parent_ids: list[str]) -> list[str]:
-        rows = await self._rows(Q["live_children"], (self.namespace, codec.dumps(parent_ids)))
-        return [row["id"] for row in rows]
-
-    async def claim_signal_key(self, key: str, signal_name: str) -> bool:
-        rows = await self._conn.execute_fetchall(
-            Q["claim_signal_key"], (self.namespace, signal_name, key, ts(self.now))
-        )
-        return bool(rows)
-
-    async def signal_send(self, key: str, signal_name: str) -> list[str]:
-        rows = await self._rows(Q["get_signal_send"], (self.namespace, signal_name, key))
-        return list(msgspec.json.decode(rows[0]["delivered_to"])) if rows else []
-
-    async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None:
-        await self._conn.execute(
-            Q["put_signal_send"], (codec.dumps(run_ids), self.namespace, signal_name, key)
-        )

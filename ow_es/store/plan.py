@@ -1,0 +1,113 @@
+"""What an append writes: its events folded onto the run's row by the projections, once.
+
+Pure code: the rules (``rules.py``) decide what is accepted and call these to fold it; an
+adapter writes the resulting :class:`Plan` as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ow_es import events as ev
+from ow_es.models import StepAttempt, WorkflowRun
+from ow_es.projections import Recorded, apply_run, step_row
+from ow_es.store.port import AppendRequest, Outcome
+
+
+@dataclass
+class Plan:
+    """Writes of one round, in log order."""
+
+    events: list[Recorded] = field(default_factory=list)
+    updated_runs: list[tuple[WorkflowRun, WorkflowRun]] = field(default_factory=list)  # old, new
+    steps: list[StepAttempt] = field(default_factory=list)
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    follow_ups: list[AppendRequest] = field(default_factory=list)
+    ready: bool = False
+    done: list[str] = field(default_factory=list)
+
+    def merge(self, other: Plan) -> None:
+        self.events.extend(other.events)
+        self.updated_runs.extend(other.updated_runs)
+        self.steps.extend(other.steps)
+        self.outcomes.update(other.outcomes)
+        self.follow_ups.extend(other.follow_ups)
+        self.ready = self.ready or other.ready
+        self.done.extend(other.done)
+
+
+def is_create(request: AppendRequest) -> bool:
+    return bool(request.events) and isinstance(request.events[0], ev.RunCreated)
+
+
+def split_rounds(
+    requests: list[tuple[int, AppendRequest]],
+) -> list[list[tuple[int, AppendRequest]]]:
+    """Rounds in which each run appears at most once, keeping each run's request order."""
+    rounds: list[list[tuple[int, AppendRequest]]] = []
+    seen_in: dict[str, int] = {}
+    for item in requests:
+        run_id = item[1].run_id
+        index = seen_in.get(run_id, -1) + 1
+        seen_in[run_id] = index
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(item)
+    return rounds
+
+
+def fold(
+    plan: Plan, row: WorkflowRun | None, request: AppendRequest, now: datetime, namespace: str
+) -> WorkflowRun:
+    """Add the request's events (at ``now``) to the plan; returns the run's row after them."""
+    first_seq = 1 if row is None else row.seq + 1
+    new = row
+    for offset, data in enumerate(request.events):
+        rec = Recorded(
+            namespace_id=namespace,
+            run_id=request.run_id,
+            seq=first_seq + offset,
+            created_at=now,
+            data=data,
+        )
+        plan.events.append(rec)
+        new = apply_run(new, rec)
+        step = step_row(rec)
+        if step is not None:
+            plan.steps.append(step)
+    assert new is not None
+    _note_transitions(plan, row, new, now)
+    return new
+
+
+def _ready(row: WorkflowRun, now: datetime) -> bool:
+    return (
+        not row.is_terminal
+        and row.claim_token is None
+        and row.available_at is not None
+        and row.available_at <= now
+    )
+
+
+def _note_transitions(plan: Plan, old: WorkflowRun | None, new: WorkflowRun, now: datetime) -> None:
+    if _ready(new, now) or (old is None and new.available_at is not None):
+        plan.ready = True  # a new run, due now or later: idle workers re-arm their timers
+    if new.is_terminal and (old is None or not old.is_terminal):
+        plan.done.append(new.id)
+        if new.parent_run_id is not None and new.parent_step_name is not None:
+            # A run's end is told to its parent in the same transaction.
+            plan.follow_ups.append(
+                AppendRequest(
+                    run_id=new.parent_run_id,
+                    events=[
+                        ev.ChildFinished(
+                            step_name=new.parent_step_name,
+                            child_run_id=new.id,
+                            status=new.status,
+                            output=new.output,
+                            error=new.error,
+                        )
+                    ],
+                )
+            )

@@ -1,0 +1,107 @@
+"""The store everything above the adapters uses: writes go through the rules, reads and
+lifecycle straight to the adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
+from ow_es.store import rules
+from ow_es.store.port import Adapter, AppendRequest, LogBatch, Outcome, WakeChannel, WorkflowKey
+from ow_es.store.rebuild_port import Rebuilder
+
+
+class Store:
+    """One database, one namespace, behind an :class:`~ow_es.store.port.Adapter`."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.namespace = adapter.namespace
+        self.dialect = adapter.dialect
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self, *, migrate: bool = True) -> None:
+        await self.adapter.open(migrate=migrate)
+
+    async def close(self) -> None:
+        await self.adapter.close()
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        return await self.adapter.migrate(dry_run=dry_run)
+
+    async def schema_version(self) -> int:
+        return await self.adapter.schema_version()
+
+    def wake_channel(self) -> WakeChannel:
+        return self.adapter.wake_channel()
+
+    def rebuilder(self) -> Rebuilder:
+        return self.adapter.rebuilder()
+
+    # -- writes (the rules) ----------------------------------------------------------------
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        """Append each request; each gets its own outcome (see ``rules.append``)."""
+        return await rules.append(self.adapter, requests)
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+    ) -> list[WorkflowRun]:
+        if limit <= 0 or not workflows:
+            return []
+        return await self.adapter.transaction(
+            "claiming runs", lambda tx: rules.claim(tx, worker_id, workflows, limit, lease_seconds)
+        )
+
+    async def cancel(self, run_id: str, *, cascade: bool) -> None:
+        await self.adapter.transaction(
+            "canceling a run", lambda tx: rules.cancel(tx, run_id, cascade=cascade)
+        )
+
+    async def resume(self, run_id: str) -> WorkflowRun:
+        return await self.adapter.transaction("resuming a run", lambda tx: rules.resume(tx, run_id))
+
+    async def send_signal(self, signal_name: str, data: Any, key: str | None) -> list[str]:
+        return await self.adapter.transaction(
+            "sending a signal", lambda tx: rules.send_signal(tx, signal_name, data, key)
+        )
+
+    async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
+        """Extend the leases of ``{run_id: claim_token}``; returns the run ids still held."""
+        return await self.adapter.heartbeat(claims, lease_seconds)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> WorkflowRun | None:
+        return await self.adapter.get_run(run_id)
+
+    async def list_runs(
+        self, *, status: str | None, workflow_name: str | None, limit: int, cursor: str | None
+    ) -> RunPage:
+        return await self.adapter.list_runs(
+            status=status, workflow_name=workflow_name, limit=limit, cursor=cursor
+        )
+
+    async def list_children(self, run_id: str) -> list[WorkflowRun]:
+        return await self.adapter.list_children(run_id)
+
+    async def step_attempts(self, run_id: str) -> list[StepAttempt]:
+        return await self.adapter.step_attempts(run_id)
+
+    async def read_run_events(self, run_id: str) -> list[Event]:
+        return await self.adapter.read_run_events(run_id)
+
+    async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
+        return await self.adapter.read_log(after, limit, barrier=barrier)
+
+    async def log_lag(self) -> float:
+        return await self.adapter.log_lag()
+
+    async def count_runs(self) -> dict[tuple[str, str], int]:
+        return await self.adapter.count_runs()
+
+    async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
+        return await self.adapter.next_wake_at(workflows)
