@@ -162,7 +162,7 @@ async def start_run(request: Request) -> Response:
         required_str(body, "workflow_name"),
         body.get("input"),
         version=optional_str(body, "version") or None,
-        idempotency_key=optional_str(body, "idempotency_key") or None,
+        idempotency_key=optional_str(body, "idempotency_key"),
         available_at=_time(body, "available_at"),
         deadline_at=_time(body, "deadline_at"),
     )
@@ -194,7 +194,7 @@ async def send_signal(request: Request) -> Response:
     delivered = await client_of(request).send_signal(
         required_str(body, "name"),
         body.get("data"),
-        idempotency_key=optional_str(body, "idempotency_key") or None,
+        idempotency_key=optional_str(body, "idempotency_key"),
     )
     return json_response({"delivered_to": delivered})
 
