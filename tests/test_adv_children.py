@@ -9,8 +9,10 @@ import msgspec
 import pytest
 
 import ow_es
-from tests.conftest import ClientFactory
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.databases import ClientFactory
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def _status(client: ow_es.OpenWorkflow, run_id: str) -> str:

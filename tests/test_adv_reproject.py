@@ -4,16 +4,17 @@ are being delivered."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import subprocess
-import sys
 from typing import Any
 
 import psycopg
 
 import ow_es
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.cli import db_args
+from tests.support.processes import Process, Processes
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 def _sql(db: dict[str, Any], statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -26,20 +27,9 @@ def _sql(db: dict[str, Any], statement: str, params: tuple[Any, ...] = ()) -> li
         return cur.fetchall() if cur.description else []
 
 
-async def _cli(db: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m ow_es.cli reproject ...`` as a real process (its own exit status)."""
-    command = [sys.executable, "-m", "ow_es.cli", "reproject", *args]
-    command += ["--database-url", db["url"]]
-    if db["schema"]:
-        command += ["--schema", db["schema"]]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OW_ES_", "OPENWORKFLOW_")) or k == "OW_ES_TEST_POSTGRES_URL"
-    }
-    return await asyncio.to_thread(
-        subprocess.run, command, capture_output=True, text=True, timeout=60, env=env
-    )
+async def _cli(processes: Processes, db: dict[str, Any], *args: str) -> Process:
+    """``ow-es reproject ...`` as a real process (its own exit status)."""
+    return await processes.run_ow_es("reproject", *args, *db_args(db))
 
 
 async def _parked_on(client: ow_es.OpenWorkflow, run_id: str, name: str) -> bool:
@@ -48,7 +38,7 @@ async def _parked_on(client: ow_es.OpenWorkflow, run_id: str, name: str) -> bool
 
 
 async def test_cli_verify_and_dry_run_on_corrupted_step_rows(
-    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+    ow: ow_es.OpenWorkflow, db: dict[str, Any], processes: Processes
 ) -> None:
     @ow.workflow(name="signalled")
     async def signalled(ctx: ow_es.Context) -> Any:
@@ -64,9 +54,9 @@ async def test_cli_verify_and_dry_run_on_corrupted_step_rows(
         assert await handle.result(timeout=15) == [1, {"v": 1}]
     run_id = handle.run_id
 
-    clean = await _cli(db, "--verify")
-    assert clean.returncode == 0, clean.stderr
-    assert "0 row(s) differ" in clean.stdout
+    clean = await _cli(processes, db, "--verify")
+    assert clean.returncode == 0, clean.stderr()
+    assert "0 row(s) differ" in clean.stdout()
 
     # A completed wait shown as still open, and a step row gone.
     _sql(
@@ -77,30 +67,30 @@ async def test_cli_verify_and_dry_run_on_corrupted_step_rows(
     )
     _sql(db, "DELETE FROM step_attempts WHERE run_id = %s AND step_name = 'first'", (run_id,))
 
-    dry = await _cli(db, "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert "nothing written" in dry.stdout
+    dry = await _cli(processes, db, "--dry-run")
+    assert dry.returncode == 0, dry.stderr()
+    assert "nothing written" in dry.stdout()
     assert _sql(db, "SELECT status FROM step_attempts WHERE run_id = %s AND step_name = 'go'",
                 (run_id,)) == [("running",)]  # fmt: skip
 
-    bad = await _cli(db, "--verify")
-    assert bad.returncode == 1, (bad.stdout, bad.stderr)
-    assert f"step_attempts default/{run_id}/go/1:" in bad.stdout, bad.stdout
-    assert f"step_attempts default/{run_id}/first/1:" in bad.stdout, bad.stdout
-    error_lines = [line for line in bad.stderr.splitlines() if line.strip()]
-    assert error_lines == ["error: 2 projection row(s) differ from the log"], bad.stderr
-    assert "Traceback" not in bad.stderr
+    bad = await _cli(processes, db, "--verify")
+    assert bad.returncode == 1, (bad.stdout(), bad.stderr())
+    assert f"step_attempts default/{run_id}/go/1:" in bad.stdout(), bad.stdout()
+    assert f"step_attempts default/{run_id}/first/1:" in bad.stdout(), bad.stdout()
+    error_lines = [line for line in bad.stderr().splitlines() if line.strip()]
+    assert error_lines == ["error: 2 projection row(s) differ from the log"], bad.stderr()
+    assert "Traceback" not in bad.stderr()
     # Verify wrote nothing: the corruption is still there.
     assert _sql(db, "SELECT count(*) FROM step_attempts WHERE run_id = %s", (run_id,)) == [(1,)]
 
-    repaired = await _cli(db)
-    assert repaired.returncode == 0, repaired.stderr
-    assert "swapped in" in repaired.stdout
+    repaired = await _cli(processes, db)
+    assert repaired.returncode == 0, repaired.stderr()
+    assert "swapped in" in repaired.stdout()
     steps = {s.step_name: s for s in await ow.store.step_attempts(run_id)}
     assert (steps["go"].status, steps["go"].output) == ("completed", {"v": 1})
     assert steps["first"].output == 1
-    again = await _cli(db, "--verify")
-    assert again.returncode == 0 and "0 row(s) differ" in again.stdout, again.stdout
+    again = await _cli(processes, db, "--verify")
+    assert again.returncode == 0 and "0 row(s) differ" in again.stdout(), again.stdout()
 
 
 async def test_reproject_while_signals_are_delivered(make_client: Any, db: dict[str, Any]) -> None:

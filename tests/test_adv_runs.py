@@ -11,7 +11,9 @@ import msgspec
 import pytest
 
 import ow_es
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -11,7 +11,8 @@ import pytest
 
 import ow_es
 import ow_es.sync
-from tests.helpers import eventually, running_worker
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def _parked(client: ow_es.OpenWorkflow, run_id: str, kind: str) -> bool:

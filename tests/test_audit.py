@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import ow_es
-from tests.helpers import running_worker
+from tests.support.workers import running_worker
 
 
 def _define(ow: ow_es.OpenWorkflow, calls: dict[str, int]) -> Any:

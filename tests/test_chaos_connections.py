@@ -14,16 +14,13 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 import ow_es
-from tests.helpers import running_worker
-from tests.test_chaos_support import (
-    Fleet,
+from tests.support.auditors import (
     audit_attempts,
     audit_executions,
     audit_log,
@@ -31,8 +28,11 @@ from tests.test_chaos_support import (
     read_executions,
     statuses,
     superseded,
-    wait_for,
 )
+from tests.support.fleet import Fleet
+from tests.support.processes import Processes
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 @pytest.fixture
@@ -45,14 +45,14 @@ async def pg_client(pg_db: dict[str, Any]) -> AsyncIterator[ow_es.OpenWorkflow]:
 
 
 async def test_dropped_connections_lose_nothing_and_append_nothing_twice(
-    pg_client: ow_es.OpenWorkflow, pg_db: dict[str, Any], tmp_path: Path
+    pg_client: ow_es.OpenWorkflow, pg_db: dict[str, Any], processes: Processes
 ) -> None:
     ow = pg_client
     await ow.connect()
     total = 60
     seed = time.time_ns() % 100_000
     rng = random.Random(seed)
-    fleet = Fleet(pg_db, tmp_path)
+    fleet = Fleet(pg_db, processes)
     try:
         handles = [await ow.start("chaos", n) for n in range(total)]
         workers = [fleet.spawn(lease="3s", heartbeat="500ms") for _ in range(2)]
@@ -69,7 +69,7 @@ async def test_dropped_connections_lose_nothing_and_append_nothing_twice(
             counts = await statuses(ow)
             return counts["pending"] + counts["running"] == 0
 
-        await wait_for(settled, 60, "every run finished")
+        await eventually(settled, 60, "every run finished")
         alive = [p.alive() for p in workers]
     finally:
         codes = fleet.stop_all()
@@ -139,11 +139,11 @@ async def test_listener_backoff_starts_over_after_a_healthy_reconnection(
             assert await (await echo.start(0)).result(timeout=10) == 0
             for _ in range(5):
                 assert kill_listener() == 1
-                await wait_for(lambda: not wake.connected, 5, "the listener noticed")
-                await wait_for(lambda: wake.connected, 15, "the listener reconnected")
+                await eventually(lambda: not wake.connected, 5, "the listener noticed")
+                await eventually(lambda: wake.connected, 15, "the listener reconnected")
                 await asyncio.sleep(0.3)  # healthy for a while
             assert kill_listener() == 1
-            await wait_for(lambda: not wake.connected, 5, "the listener noticed")
+            await eventually(lambda: not wake.connected, 5, "the listener noticed")
             began = time.perf_counter()
             handle = await echo.start(6)
             assert await handle.result(timeout=30) == 6

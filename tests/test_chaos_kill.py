@@ -9,11 +9,9 @@ import asyncio
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
-from tests.test_chaos_support import (
-    Fleet,
+from tests.support.auditors import (
     audit_attempts,
     audit_executions,
     audit_log,
@@ -21,14 +19,16 @@ from tests.test_chaos_support import (
     read_executions,
     statuses,
     takeovers,
-    wait_for,
 )
+from tests.support.fleet import Fleet
+from tests.support.processes import Processes
+from tests.support.waiting import eventually
 
 STEPS = {"a", "b", "c", "d", "nap", "e"}  # the chaos workflow's steps
 
 
 async def test_random_sigkills_lose_nothing_and_rerun_only_interrupted_steps(
-    make_client: Any, db: dict[str, Any], tmp_path: Path
+    make_client: Any, db: dict[str, Any], processes: Processes
 ) -> None:
     postgres = db["backend"] == "postgres"
     total, workers, kills = (100, 3, 6) if postgres else (40, 2, 4)
@@ -36,12 +36,12 @@ async def test_random_sigkills_lose_nothing_and_rerun_only_interrupted_steps(
     rng = random.Random(seed)
     ow = await make_client()
     await ow.connect()
-    fleet = Fleet(db, tmp_path)
+    fleet = Fleet(db, processes)
     try:
         handles = [await ow.start("chaos", n) for n in range(total)]
         for _ in range(workers):
             fleet.spawn()
-        await wait_for(
+        await eventually(
             lambda: len(list(fleet.state.glob("exec-*"))) >= workers,
             20,
             "workers started executing steps\n" + fleet.logs(),
@@ -57,7 +57,7 @@ async def test_random_sigkills_lose_nothing_and_rerun_only_interrupted_steps(
             return (await statuses(ow))["completed"] == total
 
         try:
-            await wait_for(all_completed, 60, "every run completed")
+            await eventually(all_completed, 60, "every run completed")
         except AssertionError:
             raise AssertionError(f"seed {seed}: {await statuses(ow)}\n{fleet.logs()}") from None
     finally:

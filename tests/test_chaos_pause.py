@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 import ow_es
-from tests.test_chaos_support import (
-    Fleet,
-    Proc,
+from tests.support.auditors import (
     audit_log,
     claims_of,
     describe,
     pid_of,
     read_executions,
-    wait_for,
 )
+from tests.support.fleet import Fleet
+from tests.support.processes import Process, Processes
+from tests.support.waiting import eventually
 
 DROPPED = ("lease lost", "claim lost", "another claim")
 HOLD_KEY = 0x0C4A05
@@ -42,11 +41,11 @@ async def _history_has(ow: ow_es.OpenWorkflow, run_id: str, type_: str, **data: 
     )
 
 
-async def _claimed_by(ow: ow_es.OpenWorkflow, run_id: str, proc: Proc) -> bool:
+async def _claimed_by(ow: ow_es.OpenWorkflow, run_id: str, proc: Process) -> bool:
     return any(pid_of(c.data["worker_id"]) == proc.pid for c in claims_of(await ow.history(run_id)))
 
 
-def _commit_waits(fleet: Fleet, proc: Proc) -> bool:
+def _commit_waits(fleet: Fleet, proc: Process) -> bool:
     sessions = fleet.pg_sessions(proc)
     # The commit of a pipelined transaction, or of a one-statement append (autocommit).
     return any(
@@ -57,11 +56,11 @@ def _commit_waits(fleet: Fleet, proc: Proc) -> bool:
 
 
 async def test_thawed_worker_writes_nothing_after_a_takeover(
-    make_client: Any, db: dict[str, Any], tmp_path: Path
+    make_client: Any, db: dict[str, Any], processes: Processes
 ) -> None:
     ow = await make_client()
     await ow.connect()
-    fleet = Fleet(db, tmp_path)
+    fleet = Fleet(db, processes)
     (fleet.state / "open-a-0").touch()  # the frozen worker holds step "b", not "a"
     try:
         first = fleet.spawn(concurrency=2, env={"CHAOS_GATED": "1"})
@@ -69,19 +68,19 @@ async def test_thawed_worker_writes_nothing_after_a_takeover(
         handle = await ow.start("relay", 0)
         run_id = handle.run_id
         # "b" is running in the first worker and its start is recorded.
-        await wait_for(lambda: _ran(fleet, run_id).get("b"), 20, "b started")
-        await wait_for(
+        await eventually(lambda: _ran(fleet, run_id).get("b"), 20, "b started")
+        await eventually(
             lambda: _history_has(ow, run_id, "step_started", step_name="b"), 10, "b recorded"
         )
         await fleet.pause_outside_transactions(first)
         # The second worker is slow in "b": the first thaws while the run is the second's.
         second = fleet.spawn(concurrency=2, env={"CHAOS_B_SECONDS": "1.0"})
-        await wait_for(lambda: _claimed_by(ow, run_id, second), 20, "takeover")
+        await eventually(lambda: _claimed_by(ow, run_id, second), 20, "takeover")
         (fleet.state / "open-b-0").touch()  # the frozen "b" can finish as soon as it thaws
         os.kill(first.pid, signal.SIGCONT)
         assert await handle.result(timeout=30) == [0, 0, 0]
         # The thawed worker notices it lost the run (heartbeat or fenced append) and drops it.
-        await wait_for(lambda: any(m in first.text() for m in DROPPED), 10, "first dropped it")
+        await eventually(lambda: any(m in first.text() for m in DROPPED), 10, "first dropped it")
         alive = first.alive()
     finally:
         codes = fleet.stop_all()
@@ -105,7 +104,7 @@ async def test_thawed_worker_writes_nothing_after_a_takeover(
 
 
 async def test_thawed_worker_starts_no_new_step_after_a_takeover(
-    pg_db: dict[str, Any], tmp_path: Path
+    pg_db: dict[str, Any], processes: Processes
 ) -> None:
     """Postgres only (it needs a second session to delay a commit). The worker is frozen
     just after it sent the commit of step "a"'s completion; the commit lands while it is
@@ -114,15 +113,15 @@ async def test_thawed_worker_starts_no_new_step_after_a_takeover(
     is long gone and the run belongs to (indeed was completed by) another worker."""
     db = pg_db
     ow = await ow_es.connect(db["url"], schema=db["schema"])
-    fleet = Fleet(db, tmp_path)
+    fleet = Fleet(db, processes)
     admin = psycopg.connect(db["url"], autocommit=True)
     try:
         first = fleet.spawn(concurrency=2, env={"CHAOS_GATED": "1"})
         await fleet.ready(first)
         handle = await ow.start("relay", 0)
         run_id = handle.run_id
-        await wait_for(lambda: _ran(fleet, run_id).get("a"), 20, "a started")
-        await wait_for(
+        await eventually(lambda: _ran(fleet, run_id).get("a"), 20, "a started")
+        await eventually(
             lambda: _history_has(ow, run_id, "step_started", step_name="a"), 10, "a recorded"
         )
         # A slow commit (think: a synchronous replica lagging): a deferred trigger makes
@@ -143,14 +142,14 @@ async def test_thawed_worker_starts_no_new_step_after_a_takeover(
         )
         admin.execute("SELECT pg_advisory_lock(%s)", [HOLD_KEY])
         (fleet.state / "open-a-0").touch()
-        await wait_for(
+        await eventually(
             lambda: _commit_waits(fleet, first),
             10,
             "the commit of a's completion waits",
         )
         os.kill(first.pid, signal.SIGSTOP)  # its commit is sent; only the reply is pending
         admin.execute("SELECT pg_advisory_unlock(%s)", [HOLD_KEY])
-        await wait_for(
+        await eventually(
             lambda: _history_has(ow, run_id, "step_completed", step_name="a"),
             10,
             "the commit of a landed while its worker is frozen",
@@ -158,7 +157,7 @@ async def test_thawed_worker_starts_no_new_step_after_a_takeover(
         second = fleet.spawn(concurrency=2)
         assert await handle.result(timeout=30) == [0, 0, 0]
         os.kill(first.pid, signal.SIGCONT)
-        await wait_for(lambda: any(m in first.text() for m in DROPPED), 10, "first dropped it")
+        await eventually(lambda: any(m in first.text() for m in DROPPED), 10, "first dropped it")
         events = await ow.history(run_id)
     finally:
         admin.close()

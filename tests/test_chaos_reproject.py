@@ -8,38 +8,38 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import ow_es
-from tests.test_chaos_support import (
-    Fleet,
+from tests.support.auditors import (
     audit_attempts,
     audit_executions,
     audit_log,
     describe,
     read_executions,
     statuses,
-    wait_for,
 )
+from tests.support.fleet import Fleet
+from tests.support.processes import Processes
+from tests.support.waiting import eventually
 
 
 async def test_reproject_swaps_during_kills_and_cancels_lose_nothing(
-    make_client: Any, db: dict[str, Any], tmp_path: Path
+    make_client: Any, db: dict[str, Any], processes: Processes
 ) -> None:
     total = 50
     seed = time.time_ns() % 100_000
     rng = random.Random(seed)
     ow = await make_client()
     await ow.connect()
-    fleet = Fleet(db, tmp_path)
+    fleet = Fleet(db, processes)
     canceled: set[str] = set()
     swaps = 0
     try:
         handles = [await ow.start("chaos", n) for n in range(total)]
         for _ in range(2):
             fleet.spawn()
-        await wait_for(lambda: len(list(fleet.state.glob("exec-*"))) >= 4, 20, "work started")
+        await eventually(lambda: len(list(fleet.state.glob("exec-*"))) >= 4, 20, "work started")
         for round_ in range(4):
             await asyncio.sleep(rng.uniform(0.3, 0.6))
             report = await ow.reproject()
@@ -59,7 +59,7 @@ async def test_reproject_swaps_during_kills_and_cancels_lose_nothing(
             counts = await statuses(ow)
             return counts["pending"] + counts["running"] == 0
 
-        await wait_for(settled, 60, "every run finished")
+        await eventually(settled, 60, "every run finished")
     finally:
         codes = fleet.stop_all()
     assert set(codes.values()) == {0}, (codes, fleet.logs())

@@ -8,11 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
-from tests.test_chaos_support import (
-    Fleet,
+from tests.support.auditors import (
     audit_attempts,
     audit_executions,
     audit_log,
@@ -21,18 +19,20 @@ from tests.test_chaos_support import (
     pid_of,
     read_executions,
     statuses,
-    wait_for,
 )
+from tests.support.fleet import Fleet
+from tests.support.processes import Processes
+from tests.support.waiting import eventually
 
 STOP_TIMEOUT = 1.5
 
 
 async def test_sigterm_finishes_or_releases_in_flight_runs_for_another_worker(
-    make_client: Any, db: dict[str, Any], tmp_path: Path
+    make_client: Any, db: dict[str, Any], processes: Processes
 ) -> None:
     ow = await make_client()
     await ow.connect()
-    fleet = Fleet(db, tmp_path)
+    fleet = Fleet(db, processes)
     runs = range(4)  # run 1 holds its "b" in a sync step (a thread that cannot be stopped)
     for n in runs:
         (fleet.state / f"open-a-{n}").touch()
@@ -54,7 +54,7 @@ async def test_sigterm_finishes_or_releases_in_flight_runs_for_another_worker(
                     return False
             return True
 
-        await wait_for(all_in_b, 20, "every run is in step b in the first worker")
+        await eventually(all_in_b, 20, "every run is in step b in the first worker")
         second = fleet.spawn(concurrency=4, lease="30s", heartbeat="1s")
         await fleet.ready(second)
         stopped_at = time.monotonic()
@@ -65,9 +65,9 @@ async def test_sigterm_finishes_or_releases_in_flight_runs_for_another_worker(
         async def all_completed() -> bool:
             return (await statuses(ow))["completed"] == len(runs)
 
-        await wait_for(all_completed, 25, "every run completed")
+        await eventually(all_completed, 25, "every run completed")
         completed_after = time.monotonic() - stopped_at
-        await wait_for(lambda: not first.alive(), 10, "the stopped worker exited")
+        await eventually(lambda: not first.alive(), 10, "the stopped worker exited")
         exited_after = time.monotonic() - stopped_at
     finally:
         fleet.stop_all()

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 import ow_es
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def test_child_result_and_failure_reach_the_parent(ow: ow_es.OpenWorkflow) -> None:

@@ -4,73 +4,25 @@ real subprocess stopped by SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from click.testing import CliRunner, Result
 
 import ow_es
-from ow_es.cli import main
-from tests.conftest import ClientFactory
-from tests.helpers import event_types, eventually, running_worker
-
-# Cleared for every invocation, so the developer's environment cannot leak into a test.
-_ENV_KEYS = (
-    "OW_ES_DATABASE_URL",
-    "OPENWORKFLOW_POSTGRES_URL",
-    "OPENWORKFLOW_NAMESPACE_ID",
-    "OPENWORKFLOW_SCHEMA",
-    "OW_ES_APP",
-)
-
-
-def db_args(db: dict[str, Any]) -> list[str]:
-    args = ["--database-url", db["url"]]
-    return [*args, "--schema", db["schema"]] if db["schema"] else args
-
-
-def db_env(db: dict[str, Any]) -> dict[str, str]:
-    env = {"OW_ES_DATABASE_URL": db["url"]}
-    if db["schema"]:
-        env["OPENWORKFLOW_SCHEMA"] = db["schema"]
-    return env
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    overrides: dict[str, str | None] = dict.fromkeys(_ENV_KEYS)
-    overrides.update(env or {})
-    return CliRunner().invoke(main, list(args), env=overrides)
-
-
-async def ainvoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    """The CLI runs its own event loop: call it from a thread while the test's loop waits."""
-    return await asyncio.to_thread(invoke, *args, env=env)
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # handled, not a crash
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
+from tests.support.cli import ainvoke, assert_one_line_error, db_args, db_env, invoke, ok
+from tests.support.databases import ClientFactory
+from tests.support.processes import Process, Processes
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 def schema_version(db: dict[str, Any]) -> int:
@@ -331,61 +283,42 @@ async def test_runs_cancel_and_resume(ow: ow_es.OpenWorkflow, db: dict[str, Any]
 # -- the worker, as a real process --------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def worker_process(
-    cwd: Path, *args: str, env: dict[str, str]
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """``ow-es worker`` in ``cwd``, yielded with its start line once it is serving. ``-I``
-    keeps the current directory off sys.path: the CLI must make the app importable itself."""
-    full_env = {k: v for k, v in os.environ.items() if k not in _ENV_KEYS} | env
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-I", "-m", "ow_es.cli", "worker", "--poll-interval", "200ms", *args),
-        cwd=cwd,
-        env=full_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        if not line:
-            pytest.fail("the worker exited: " + (await proc.stderr.read()).decode())
-        yield proc, line
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
+async def serving_worker(
+    processes: Processes, cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[Process, str]:
+    """``ow-es worker`` in ``cwd``, with its start line once it is serving. ``-I`` keeps the
+    current directory off sys.path: the CLI must make the app importable itself."""
+    worker = processes.worker("--poll-interval", "200ms", *args, cwd=cwd, env=env, isolated=True)
+    return worker, await worker.serving()
 
 
-async def sigterm(proc: asyncio.subprocess.Process, within: float = 15) -> str:
+async def sigterm(worker: Process, within: float = 15) -> str:
     """Send SIGTERM; the worker must exit 0 in time. Returns its stderr."""
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = await asyncio.wait_for(proc.communicate(), within)
-    assert proc.returncode == 0, stderr.decode()
+    assert await worker.stop(timeout=within) == 0, worker.stderr()
     assert time.monotonic() - started < within
-    return stderr.decode()
+    return worker.stderr()
 
 
 async def test_worker_serves_module_attr_and_stops_on_sigterm(
-    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path
+    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
     (tmp_path / "app.py").write_text(textwrap.dedent(APP_WITH_CLIENT))
     client = await (await make_client()).connect()
     # Connection from options only; the app's client has none of its own.
-    async with worker_process(tmp_path, "app:ow", "-c", "3", *db_args(db), env={}) as (proc, line):
-        assert "serving charge@2, notify on " + db["backend"] in line
-        assert "(concurrency 3)" in line
-        handle = await client.start("charge", 21, version="2")
-        assert await handle.result(timeout=20) == 42
-        claimed = (await client.history(handle.run_id))[1]
-        assert claimed.type == "run_claimed" and claimed.data["worker_id"] in line
-        stderr = await sigterm(proc)
+    proc, line = await serving_worker(processes, tmp_path, "app:ow", "-c", "3", *db_args(db))
+    assert "serving charge@2, notify on " + db["backend"] in line
+    assert "(concurrency 3)" in line
+    handle = await client.start("charge", 21, version="2")
+    assert await handle.result(timeout=20) == 42
+    claimed = (await client.history(handle.run_id))[1]
+    assert claimed.type == "run_claimed" and claimed.data["worker_id"] in line
+    stderr = await sigterm(proc)
     assert "SIGTERM: stopping" in stderr and "stopped" in stderr
 
 
 async def test_worker_serves_every_workflow_of_a_module(
-    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path
+    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
     (tmp_path / "flows.py").write_text(
         textwrap.dedent(
@@ -409,30 +342,30 @@ async def test_worker_serves_every_workflow_of_a_module(
         )
     )
     client = await (await make_client()).connect()
-    async with worker_process(tmp_path, "flows", env=db_env(db)) as (proc, line):
-        assert "serving length, lower@1, upper on" in line
-        upper = await client.start("upper", "Ab")
-        lower = await client.start("lower", "Ab", version="1")
-        length = await client.start("length", "Ab")
-        assert await upper.result(timeout=20) == "AB"
-        assert await lower.result(timeout=20) == "ab"
-        assert await length.result(timeout=20) == 2
-        await sigterm(proc)
+    proc, line = await serving_worker(processes, tmp_path, "flows", env=db_env(db))
+    assert "serving length, lower@1, upper on" in line
+    upper = await client.start("upper", "Ab")
+    lower = await client.start("lower", "Ab", version="1")
+    length = await client.start("length", "Ab")
+    assert await upper.result(timeout=20) == "AB"
+    assert await lower.result(timeout=20) == "ab"
+    assert await length.result(timeout=20) == 2
+    await sigterm(proc)
 
 
 async def test_worker_target_from_pyproject(
-    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path
+    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
     (tmp_path / "app.py").write_text(textwrap.dedent(APP_WITH_CLIENT))
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n\n[tool.ow-es]\napp = "app:ow"\nconcurrency = 3\n'
     )
     client = await (await make_client()).connect()
-    async with worker_process(tmp_path, env=db_env(db)) as (proc, line):
-        assert "serving charge@2, notify" in line
-        assert "concurrency 3" in line  # worker options come from [tool.ow-es] too
-        assert await (await client.start("notify")).result(timeout=20) == "sent"
-        await sigterm(proc)
+    proc, line = await serving_worker(processes, tmp_path, env=db_env(db))
+    assert "serving charge@2, notify" in line
+    assert "concurrency 3" in line  # worker options come from [tool.ow-es] too
+    assert await (await client.start("notify")).result(timeout=20) == "sent"
+    await sigterm(proc)
 
 
 SLOW_APP = """
@@ -465,29 +398,33 @@ SLOW_APP = """
 
 
 async def test_sigterm_lets_an_in_flight_run_finish(
-    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path
+    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
     (tmp_path / "app.py").write_text(textwrap.dedent(SLOW_APP))
     client = await (await make_client()).connect()
-    async with worker_process(tmp_path, "app:ow", env=db_env(db)) as (proc, _):
-        handle = await client.start("slow", 1.0)
-        await eventually(lambda: asyncio.sleep(0, (tmp_path / "started").exists()), timeout=20)
-        await sigterm(proc)
+    proc, _ = await serving_worker(processes, tmp_path, "app:ow", env=db_env(db))
+    handle = await client.start("slow", 1.0)
+    await eventually(lambda: (tmp_path / "started").exists(), timeout=20)
+    await sigterm(proc)
     run = await handle.status()
     assert run.status == "completed" and run.output == "done"
 
 
 @pytest.mark.parametrize("workflow", ["slow", "slow_sync"])
 async def test_stop_timeout_releases_an_unfinished_run(
-    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, workflow: str
+    make_client: ClientFactory,
+    db: dict[str, Any],
+    tmp_path: Path,
+    processes: Processes,
+    workflow: str,
 ) -> None:
     (tmp_path / "app.py").write_text(textwrap.dedent(SLOW_APP))
     client = await (await make_client()).connect()
     env = db_env(db) | {"OW_ES_STOP_TIMEOUT": "200ms"}
-    async with worker_process(tmp_path, "app:ow", env=env) as (proc, _):
-        handle = await client.start(workflow, 60)
-        await eventually(lambda: asyncio.sleep(0, (tmp_path / "started").exists()), timeout=20)
-        stderr = await sigterm(proc, within=10)
+    proc, _ = await serving_worker(processes, tmp_path, "app:ow", env=env)
+    handle = await client.start(workflow, 60)
+    await eventually(lambda: (tmp_path / "started").exists(), timeout=20)
+    stderr = await sigterm(proc, within=10)
     assert "in-flight runs get 0.2s" in stderr
     assert "run_released" in await event_types(client, handle.run_id)
     run = await handle.status()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 import ow_es
 from ow_es.store import migrator
 from ow_es.store.tables import EVENTS, RUNS, STEPS, Table
+from tests.support.processes import Processes
 
 # The log's own columns, which the database fills in (not written by ow-es).
 DATABASE_COLUMNS = {
@@ -105,20 +104,15 @@ asyncio.run(main())
 """
 
 
-async def test_eight_processes_connecting_to_an_empty_schema_all_succeed(pg_url: str) -> None:
+async def test_eight_processes_connecting_to_an_empty_schema_all_succeed(
+    pg_url: str, processes: Processes
+) -> None:
     schema = f"t_{uuid.uuid4().hex[:16]}"
     try:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", _CONNECT, pg_url, schema],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            for _ in range(8)
-        ]
-        results = await asyncio.gather(*(asyncio.to_thread(p.communicate, None, 60) for p in procs))
-        for proc, (_, err) in zip(procs, results, strict=True):
-            assert proc.returncode == 0, err.decode()
+        procs = [processes.python("-c", _CONNECT, pg_url, schema) for _ in range(8)]
+        codes = await asyncio.gather(*(p.exited(60) for p in procs))
+        for proc, code in zip(procs, codes, strict=True):
+            assert code == 0, proc.stderr()
         with psycopg.connect(pg_url) as conn:
             rows = conn.execute(f'SELECT version FROM "{schema}".schema_migrations').fetchall()
         # migrated exactly once

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.support.processes import Processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,17 +20,11 @@ def test_quickstart_block_has_two_commands() -> None:
     assert "examples/quickstart.py" in commands[0] and "pytest" in commands[1]
 
 
-def test_quickstart_example_runs_on_embedded_sqlite(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OW_ES_", "OPENWORKFLOW_"))}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "completed: Receipt(order_id='o-1'" in result.stdout
-    assert "run_completed" in result.stdout and "step_failed" in result.stdout
+async def test_quickstart_example_runs_on_embedded_sqlite(
+    tmp_path: Path, processes: Processes
+) -> None:
+    result = await processes.run(str(ROOT / "examples" / "quickstart.py"), timeout=120)
+    assert result.returncode == 0, result.stderr()
+    assert "completed: Receipt(order_id='o-1'" in result.stdout()
+    assert "run_completed" in result.stdout() and "step_failed" in result.stdout()
     assert (tmp_path / "openworkflow.db").exists()

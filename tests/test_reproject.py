@@ -9,7 +9,8 @@ import psycopg
 
 import ow_es
 from ow_es.durations import utcnow
-from tests.helpers import eventually, running_worker
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 def _sql(db: dict[str, Any], statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -130,7 +131,7 @@ async def _lease_moved(client: ow_es.OpenWorkflow, run_id: str, lease: Any) -> b
 async def test_cli_verify_exits_1_naming_the_corrupted_row(
     ow: ow_es.OpenWorkflow, db: dict[str, Any]
 ) -> None:
-    from tests.test_cli import ainvoke, assert_one_line_error, ok
+    from tests.support.cli import ainvoke, assert_one_line_error, ok
 
     job = _define(ow)
     await ow.connect()

@@ -7,7 +7,9 @@ import datetime as dt
 import pytest
 
 import ow_es
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def test_resume_continues_from_the_failed_step(ow: ow_es.OpenWorkflow) -> None:

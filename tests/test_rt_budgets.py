@@ -9,7 +9,9 @@ import ow_es
 from ow_es import events as ev
 from ow_es.durations import utcnow
 from ow_es.store import Appended, AppendRequest
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 def _fast(attempts: int) -> ow_es.RetryPolicy:

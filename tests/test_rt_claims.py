@@ -13,8 +13,10 @@ import pytest
 
 import ow_es
 from ow_es.durations import utcnow
-from tests.conftest import ClientFactory
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.databases import ClientFactory
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 WF = "claimable"
 KEYS = [(WF, None)]

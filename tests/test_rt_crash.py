@@ -4,145 +4,61 @@ run after the lease expires, and nothing that completed before the kill runs aga
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import signal
-import subprocess
-import sys
-import textwrap
-import uuid
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import pytest
+
 import ow_es
-from tests.helpers import eventually, running_worker
-
-APP = textwrap.dedent(
-    '''
-    """A worker app for the crash tests: it counts step executions in files next to it."""
-
-    import asyncio
-    import os
-    import sys
-    from pathlib import Path
-
-    import ow_es
-
-    STATE = Path(__file__).parent / "state"
-    STATE.mkdir(exist_ok=True)
-
-
-    def mark(name: str) -> None:
-        with open(STATE / f"calls-{name}", "a") as f:
-            f.write(f"{os.getpid()}\\n")
-
-
-    async def first() -> int:
-        mark("first")
-        return 1
-
-
-    def part(i: int):
-        async def fn() -> int:
-            mark(f"part{i}")
-            if i == 2 and os.environ.get("OW_TEST_BLOCK") == "1":
-                (STATE / "blocked").write_text(str(os.getpid()))
-                await asyncio.sleep(3600)
-            return i * 10
-
-        return fn
-
-
-    def last() -> str:
-        mark("last")
-        return "last"
-
-
-    @ow_es.workflow(name="crash-victim")
-    async def victim(ctx: ow_es.Context) -> dict:
-        one = await ctx.step.run("first", first)
-        parts = await asyncio.gather(*(ctx.step.run("part", part(i)) for i in range(3)))
-        end = await ctx.step.run("last", last)
-        return {"first": one, "parts": list(parts), "last": end}
-
-
-    async def main(url: str, schema: str) -> None:
-        ow = ow_es.OpenWorkflow(url, namespace="default", schema=schema or None)
-        ow.register(victim)
-        async with ow:
-            worker = ow.worker(concurrency=4, lease="2s", poll_interval="100ms")
-            (STATE / "worker-id").write_text(worker.worker_id)
-            await worker.run()
-
-
-    if __name__ == "__main__":
-        asyncio.run(main(sys.argv[1], sys.argv[2]))
-    '''
-)
-
-
-def _load_app(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"owapp_{uuid.uuid4().hex}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _count(state: Path, name: str) -> int:
-    path = state / f"calls-{name}"
-    return len(path.read_text().splitlines()) if path.exists() else 0
+from tests.support.apps import crash
+from tests.support.cli import db_args
+from tests.support.processes import Processes
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def test_sigkilled_worker_process_is_recovered(
-    ow: ow_es.OpenWorkflow, db: dict[str, Any], tmp_path: Path
+    ow: ow_es.OpenWorkflow,
+    db: dict[str, Any],
+    tmp_path: Path,
+    processes: Processes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    app_path = tmp_path / "crashapp.py"
-    app_path.write_text(APP)
-    app = _load_app(app_path)  # the same definitions in this process, without blocking
     state = tmp_path / "state"
-    ow.register(app.victim)
+    state.mkdir()
+    monkeypatch.setenv("CRASH_STATE", str(state))  # for the rescuer in this process
+    ow.register(crash.victim)  # the same definitions in this process, without blocking
     await ow.connect()
-    handle = await ow.start(app.victim)
+    handle = await ow.start(crash.victim)
 
-    env = {**os.environ, "OW_TEST_BLOCK": "1"}
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, str(app_path), db["url"], db["schema"] or ""],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    proc = processes.worker(
+        "tests.support.apps.crash",
+        *("-c", "4", "--lease", "2s", "--poll-interval", "100ms", *db_args(db)),
+        env={"CRASH_STATE": str(state), "OW_TEST_BLOCK": "1"},
     )
-    try:
 
-        async def blocked() -> bool:
-            assert proc.poll() is None, (tmp_path / "worker.log").read_text()
-            return (state / "blocked").exists()
+    async def blocked() -> bool:
+        assert proc.alive(), proc.text()
+        return (state / "blocked").exists()
 
-        await eventually(blocked, timeout=30, interval=0.05)
+    await eventually(blocked, timeout=30, interval=0.05)
+    dead_worker = (await proc.serving()).split()[2]  # "ow-es worker <id> serving ..."
 
-        async def recorded() -> bool:
-            done = {
-                e.data["step_name"]
-                for e in await ow.history(handle.run_id)
-                if e.type == "step_completed"
-            }
-            return {"first", "part", "part:1"} <= done
+    async def recorded() -> bool:
+        done = {
+            e.data["step_name"]
+            for e in await ow.history(handle.run_id)
+            if e.type == "step_completed"
+        }
+        return {"first", "part", "part:1"} <= done
 
-        await eventually(recorded, timeout=10)
-        before_kill = await handle.status()
-        assert before_kill.status == "running"
-        dead_worker = (state / "worker-id").read_text()
-        assert before_kill.worker_id == dead_worker
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    await eventually(recorded, timeout=10)
+    before_kill = await handle.status()
+    assert before_kill.status == "running"
+    assert before_kill.worker_id == dead_worker
+    proc.kill()
     assert proc.returncode == -signal.SIGKILL
 
     async with running_worker(ow, lease="2s", concurrency=2) as rescuer:
@@ -150,11 +66,11 @@ async def test_sigkilled_worker_process_is_recovered(
     assert result == {"first": 1, "parts": [0, 10, 20], "last": "last"}
 
     # Completed before the kill: run once. Interrupted: run again. After: run once.
-    assert _count(state, "first") == 1
-    assert _count(state, "part0") == 1
-    assert _count(state, "part1") == 1
-    assert _count(state, "part2") == 2
-    assert _count(state, "last") == 1
+    assert crash.count(state, "first") == 1
+    assert crash.count(state, "part0") == 1
+    assert crash.count(state, "part1") == 1
+    assert crash.count(state, "part2") == 2
+    assert crash.count(state, "last") == 1
 
     events = await ow.history(handle.run_id)
     claims = [e for e in events if e.type == "run_claimed"]

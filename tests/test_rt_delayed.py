@@ -6,7 +6,8 @@ import asyncio
 from datetime import timedelta
 
 import ow_es
-from tests.helpers import event_types, running_worker
+from tests.support.runs import event_types
+from tests.support.workers import running_worker
 
 
 async def test_delayed_run_starts_on_time_without_waiting_for_the_poll(

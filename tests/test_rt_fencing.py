@@ -8,7 +8,7 @@ import ow_es
 from ow_es import events as ev
 from ow_es.durations import utcnow
 from ow_es.store import Appended, AppendRequest
-from tests.helpers import eventually
+from tests.support.waiting import eventually
 
 WF = "fenced"
 KEYS = [(WF, None)]

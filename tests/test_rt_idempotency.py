@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 import ow_es
-from tests.conftest import ClientFactory
-from tests.helpers import event_types, running_worker
+from tests.support.databases import ClientFactory
+from tests.support.runs import event_types
+from tests.support.workers import running_worker
 
 
 async def test_same_key_returns_the_existing_run_whatever_the_input(

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import ow_es
-from tests.helpers import running_worker
+from tests.support.workers import running_worker
 
 
 async def test_gathered_steps_are_named_by_call_order_and_replayed(

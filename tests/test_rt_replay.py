@@ -9,7 +9,7 @@ import threading
 import msgspec
 
 import ow_es
-from tests.helpers import running_worker
+from tests.support.workers import running_worker
 
 
 class Card(msgspec.Struct):

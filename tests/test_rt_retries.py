@@ -11,7 +11,9 @@ import pytest
 
 import ow_es
 from ow_es.retry import STEP_DEFAULT, WORKFLOW_DEFAULT
-from tests.helpers import event_types, running_worker
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 FAST = ow_es.RetryPolicy(initial_interval="1ms", maximum_interval="1ms")
 
@@ -125,8 +127,7 @@ async def test_step_without_a_policy_retries_after_the_default_interval(
         async def parked() -> bool:
             return (await handle.status()).waiting_for is not None
 
-        while not await parked():
-            await asyncio.sleep(0.02)
+        await eventually(parked)
         run = await handle.status()
         # Parked between attempts: still running, no owner, the reason shown.
         assert run.status == "running"

@@ -9,8 +9,9 @@ import msgspec
 import pytest
 
 import ow_es
-from tests.conftest import ClientFactory
-from tests.helpers import event_types, running_worker
+from tests.support.databases import ClientFactory
+from tests.support.runs import event_types
+from tests.support.workers import running_worker
 
 
 class Order(msgspec.Struct):

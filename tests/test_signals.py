@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import ow_es
-from tests.helpers import event_types, eventually, running_worker
+from tests.support.runs import event_types
+from tests.support.waiting import eventually
+from tests.support.workers import running_worker
 
 
 async def _waiting(client: ow_es.OpenWorkflow, run_id: str, name: str = "approved") -> bool:

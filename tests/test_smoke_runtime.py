@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 
 import ow_es
-from tests.helpers import event_types, running_worker
+from tests.support.runs import event_types
+from tests.support.workers import running_worker
 
 
 class Order(msgspec.Struct):

@@ -10,7 +10,7 @@ import pytest
 
 import ow_es
 import ow_es.sync
-from tests.helpers import running_worker
+from tests.support.workers import running_worker
 
 
 def test_sync_client_start_result_history_and_errors(db: dict[str, Any]) -> None:

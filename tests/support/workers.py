@@ -1,10 +1,11 @@
-"""Small helpers for the behavioural suite."""
+"""A worker in the test's own event loop (no process of its own): the runtime tests start
+runs and let it execute them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ow_es
@@ -26,16 +27,3 @@ async def running_worker(client: ow_es.OpenWorkflow, **options: Any) -> AsyncIte
     finally:
         await worker.stop(timeout=5)
         await asyncio.wait_for(task, 30)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 10, interval: float = 0.02
-) -> None:
-    """Wait until ``check()`` is true, failing after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(interval)
-
-
-async def event_types(client: ow_es.OpenWorkflow, run_id: str) -> list[str]:
-    return [event.type for event in await client.history(run_id)]

@@ -1,0 +1,1 @@
+"""Worker apps served by real ``ow-es worker`` processes in the multi-process tests."""
