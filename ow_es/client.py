@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 from ow_es import config
 from ow_es import events as ev
@@ -18,7 +18,7 @@ from ow_es.payload import to_json_value
 from ow_es.projections import fold_run
 from ow_es.reproject import Report, rebuild
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
-from ow_es.runtime.worker import Worker
+from ow_es.runtime.worker import Worker, WorkerOptions
 from ow_es.store import Appended, AppendRequest, Store, make_store
 from ow_es.store.codec import current_shape, recorded_from_event
 from ow_es.workflow import Workflow, WorkflowFn
@@ -126,25 +126,9 @@ class OpenWorkflow:
     def workflows(self) -> list[Workflow[Any]]:
         return list(self._workflows.values())
 
-    def worker(
-        self,
-        *,
-        concurrency: int = 10,
-        lease: Duration = "30s",
-        heartbeat: Duration | None = None,
-        poll_interval: Duration = "1s",
-        stop_timeout: Duration = "30s",
-        worker_id: str | None = None,
-    ) -> Worker:
-        return Worker(
-            self,
-            concurrency=concurrency,
-            lease=lease,
-            heartbeat=heartbeat,
-            poll_interval=poll_interval,
-            stop_timeout=stop_timeout,
-            worker_id=worker_id,
-        )
+    def worker(self, **options: Unpack[WorkerOptions]) -> Worker:
+        """A worker serving the workflows registered on this client (options: ``Worker``)."""
+        return Worker(self, **options)
 
     # -- runs ------------------------------------------------------------------------------
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
+from ow_es import Worker
 from ow_es.cli.app import label, load_app, require_target
 from ow_es.cli.common import Connection, connection_options
 from ow_es.client import OpenWorkflow
 from ow_es.durations import Duration, to_seconds
-from ow_es.runtime.worker import Worker
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -1,7 +1,10 @@
-"""Group commit: appends from many slots are flushed together, one transaction per batch.
+"""Group commit: appends from many slots are flushed together as one ``Store.append``.
 
-Each caller awaits the durability of its own request; while one batch commits, the next one
-gathers, so latency stays one commit and throughput grows with concurrency.
+There the rules write what they can as one-statement appends (sent in one round trip), the
+rest in one transaction, and compound requests (a child start, a signal send) each in a
+transaction of their own. Each caller awaits the durability of its own request; while one
+batch commits, the next one gathers, so latency stays one commit and throughput grows with
+concurrency.
 """
 
 from __future__ import annotations

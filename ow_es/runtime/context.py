@@ -10,9 +10,10 @@ import msgspec
 
 from ow_es.durations import Duration
 from ow_es.retry import RetryPolicy
+from ow_es.runtime.steps import child, function, waits
+from ow_es.runtime.steps.host import StepHost
 
 if TYPE_CHECKING:
-    from ow_es.runtime.executor import Execution
     from ow_es.workflow import Workflow
 
 T = TypeVar("T")
@@ -30,8 +31,8 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
 class Steps:
     """Durable steps. Each is recorded once; on replay its recorded result is returned."""
 
-    def __init__(self, execution: Execution) -> None:
-        self._execution = execution
+    def __init__(self, host: StepHost) -> None:
+        self._host = host
 
     @overload
     async def run(
@@ -63,26 +64,27 @@ class Steps:
     ) -> Any:
         """Run ``fn`` once (retrying failures per ``retry``); an ``async def`` is awaited on the
         worker's loop, a plain function runs in the worker's thread pool."""
-        return await self._execution.run_step(name, fn, retry=retry, timeout=timeout)
+        return await function.run_step(self._host, name, fn, retry=retry, timeout=timeout)
 
     async def sleep(self, name: str, duration: Duration) -> None:
         """Park the run for ``duration``; the worker slot is freed meanwhile."""
-        await self._execution.sleep(name, duration=duration)
+        await self._host.tracked(waits.sleep(self._host, name, duration=duration))
 
     async def sleep_until(self, name: str, until: datetime) -> None:
-        await self._execution.sleep(name, until=until)
+        await self._host.tracked(waits.sleep(self._host, name, until=until))
 
     async def wait_for_signal(
         self, signal: str, *, timeout: Duration | None = None, name: str | None = None
     ) -> Any:
         """The data of the next ``signal`` sent to this run, or None after ``timeout``."""
-        return await self._execution.wait_for_signal(signal, timeout=timeout, name=name)
+        waiting = waits.wait_for_signal(self._host, signal, timeout=timeout, name=name)
+        return await self._host.tracked(waiting)
 
     async def send_signal(
         self, signal: str, data: Any = None, *, name: str | None = None
     ) -> list[str]:
         """Deliver ``signal`` to every run waiting on it; returns their ids."""
-        return await self._execution.send_signal(signal, data, name=name)
+        return await waits.send_signal(self._host, signal, data, name=name)
 
     async def run_workflow(
         self,
@@ -94,9 +96,10 @@ class Steps:
         name: str | None = None,
     ) -> Any:
         """Start a child run (once, across replays) and return its output."""
-        return await self._execution.run_child(
-            workflow, input, version=version, timeout=timeout, name=name
+        started = child.run_child(
+            self._host, workflow, input, version=version, timeout=timeout, name=name
         )
+        return await self._host.tracked(started)
 
 
 class Context:

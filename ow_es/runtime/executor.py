@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from ow_es import events as ev
-from ow_es.durations import Duration, utcnow
+from ow_es.durations import utcnow
 from ow_es.errors import (
     StepLimitExceeded,
     StoreUnavailable,
@@ -21,16 +20,12 @@ from ow_es.errors import (
 )
 from ow_es.models import WorkflowRun
 from ow_es.payload import error_info, from_json_value, to_json_value
-from ow_es.retry import RetryPolicy
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.context import Context, RunInfo, Steps
 from ow_es.runtime.history import History
-from ow_es.runtime.steps import child as step_child
-from ow_es.runtime.steps import function as step_function
-from ow_es.runtime.steps import waits as step_waits
 from ow_es.runtime.unwind import Park, RunLost, Stale
 from ow_es.runtime.writer import RunWriter
-from ow_es.store import Appended, AppendRequest, SignalSend, Store
+from ow_es.store import Store
 from ow_es.workflow import Workflow
 
 log = logging.getLogger("ow_es.executor")
@@ -60,6 +55,7 @@ class Execution:
         self.workflow = workflow
         self.settings = settings
         self.writer = RunWriter(run, settings.committer, settings.store)
+        self.append = self.writer.append  # every write goes through the run's submit path
         self.history = History()
         self._names: dict[str, int] = {}  # base name -> last suffix handed out
         self._used: set[str] = set()
@@ -302,17 +298,6 @@ class Execution:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def append(
-        self,
-        events: list[ev.EventData],
-        *,
-        expect: bool = False,
-        child: AppendRequest | None = None,
-        signal: SignalSend | None = None,
-    ) -> Appended:
-        """Append under our claim, through the one submit path (``writer.RunWriter``)."""
-        return await self.writer.append(events, expect=expect, child=child, signal=signal)
-
     # -- steps -----------------------------------------------------------------------------
 
     def unique_name(self, name: str) -> str:
@@ -351,43 +336,3 @@ class Execution:
     async def _wait_idle(self) -> None:
         """Let steps still running (siblings in a gather) finish and record their results."""
         await self._idle.wait()
-
-    # -- steps (each kind in its own module) -----------------------------------------------
-
-    async def run_step(
-        self,
-        name: str,
-        fn: Callable[[], Any],
-        *,
-        retry: RetryPolicy | None,
-        timeout: Duration | None,
-    ) -> Any:
-        return await step_function.run_step(self, name, fn, retry=retry, timeout=timeout)
-
-    async def sleep(
-        self, name: str, *, duration: Duration | None = None, until: datetime | None = None
-    ) -> None:
-        await self.tracked(step_waits.sleep(self, name, duration=duration, until=until))
-
-    async def wait_for_signal(
-        self, signal: str, *, timeout: Duration | None, name: str | None
-    ) -> Any:
-        return await self.tracked(
-            step_waits.wait_for_signal(self, signal, timeout=timeout, name=name)
-        )
-
-    async def send_signal(self, signal: str, data: Any, *, name: str | None) -> list[str]:
-        return await step_waits.send_signal(self, signal, data, name=name)
-
-    async def run_child(
-        self,
-        workflow: Workflow[Any] | str,
-        input: Any,
-        *,
-        version: str | None,
-        timeout: Duration | None,
-        name: str | None,
-    ) -> Any:
-        return await self.tracked(
-            step_child.run_child(self, workflow, input, version=version, timeout=timeout, name=name)
-        )

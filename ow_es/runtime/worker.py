@@ -12,7 +12,7 @@ import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import OwEsError
@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("ow_es.worker")
 
 _FAST_POLL = 0.02  # without pushed wake-ups: seconds between claims right after work was found
+
+
+class WorkerOptions(TypedDict, total=False):
+    """The settings of a worker (``ow.worker(**options)``); defaults as in ``Worker``."""
+
+    concurrency: int
+    lease: Duration
+    heartbeat: Duration | None
+    poll_interval: Duration
+    stop_timeout: Duration
+    worker_id: str | None
 
 
 class Worker:
