@@ -239,3 +239,59 @@ async def test_unknown_outcome_of_a_batch_with_parallel_steps_appends_each_once(
     assert batches == [{"b", "c"}]  # both starts shared the commit whose outcome was lost
     events = await ow.history(handle.run_id)
     assert audit_log(events) == [], describe(events)
+
+
+async def test_unknown_outcome_of_a_signal_send_or_child_start_is_resolved_not_raised(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """Sending a signal and starting a child go through the same submit path as step records:
+    when the reply to their commit is lost (it landed), the worker reads the log to find out
+    instead of failing the run, and neither the delivery nor the child is made twice."""
+
+    @ow.workflow(name="double")
+    async def double(ctx: ow_es.Context, n: int) -> int:
+        return n * 2
+
+    @ow.workflow(name="waiter")
+    async def waiter(ctx: ow_es.Context) -> Any:
+        return await ctx.step.wait_for_signal("go")
+
+    @ow.workflow(name="sender")
+    async def sender(ctx: ow_es.Context) -> list[Any]:
+        reached = await ctx.step.send_signal("go", {"x": 1})
+        doubled = await ctx.step.run_workflow(double, 21)
+        return [reached, doubled]
+
+    await ow.connect()
+    store = ow.store
+    real_append = store.append
+    lost: list[str] = []
+
+    async def append(requests: Any) -> Any:
+        outcomes = await real_append(requests)
+        for kind in ("signal", "child"):
+            if kind not in lost and any(getattr(r, kind) is not None for r in requests):
+                lost.append(kind)
+                raise ow_es.StoreUnavailable("simulated: connection lost while committing")
+        return outcomes
+
+    store.append = append  # type: ignore[method-assign]
+    waiting = await waiter.start()
+    async with running_worker(ow, lease="5s"):
+        await eventually(lambda: _waits_for_signal(ow, waiting.run_id), timeout=20)
+        sending = await sender.start()
+        assert await sending.result(timeout=20) == [[waiting.run_id], 42]
+        assert await waiting.result(timeout=20) == {"x": 1}
+    assert lost == ["signal", "child"]  # both commits' replies were lost
+    for handle in (waiting, sending):
+        events = await ow.history(handle.run_id)
+        assert audit_log(events) == [], describe(events)
+    received = [e for e in await ow.history(waiting.run_id) if e.type == "signal_received"]
+    assert len(received) == 1
+    children = await ow.store.list_children(sending.run_id)
+    assert [c.workflow_name for c in children] == ["double"]
+
+
+async def _waits_for_signal(ow: ow_es.OpenWorkflow, run_id: str) -> bool:
+    run = await ow.store.get_run(run_id)
+    return run is not None and (run.waiting_for or {}).get("kind") == "signal"
