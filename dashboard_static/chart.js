@@ -9,7 +9,7 @@ const SERIES = [
 ];
 
 export function perMinuteChart(perMinute) {
-  const width = 720, height = 220, left = 40, right = 12, top = 12, bottom = 28;
+  const width = availableWidth(720), height = 220, left = 40, right = 12, top = 12, bottom = 28;
   const n = perMinute.minutes.length;
   const max = Math.max(1, ...SERIES.flatMap((s) => perMinute[s.key]));
   const niceMax = niceCeil(max);
@@ -44,6 +44,12 @@ export function perMinuteChart(perMinute) {
     SERIES.map((s) => h("span", { class: `key ${s.cls}` },
       `${s.label} (${perMinute[s.key].reduce((a, b) => a + b, 0)} in the hour)`)));
   return h("figure", { class: "chart-box" }, chart, legend);
+}
+
+// Drawn at the width it is shown at, so text keeps its size.
+export function availableWidth(fallback) {
+  const page = document.getElementById("page");
+  return page && page.clientWidth > 400 ? Math.round(page.clientWidth - 86) : fallback;
 }
 
 function niceCeil(value) {

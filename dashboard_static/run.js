@@ -164,7 +164,7 @@ export async function runPage(root, signal, runId) {
 function summaryOf(event) {
   const d = event.data || {};
   const parts = [];
-  for (const key of ["step_name", "attempt", "signal_name", "worker_id", "until", "reason", "status", "child_run_id"]) {
+  for (const key of ["workflow_name", "step_name", "attempt", "signal_name", "worker_id", "until", "reason", "status", "child_run_id"]) {
     if (d[key] !== undefined && d[key] !== null) parts.push(`${key}=${typeof d[key] === "string" ? d[key] : JSON.stringify(d[key])}`);
   }
   if (d.error) parts.push(`error=${d.error.type}: ${d.error.message}`);

@@ -1,6 +1,7 @@
 // A run's step attempts drawn to scale on one time axis: one row per step, one bar per attempt.
 
 import { h, svg, duration, absolute } from "./dom.js";
+import { availableWidth } from "./chart.js";
 
 export function stepTimeline(steps, run, nowIso) {
   if (!steps.length) return h("p", { class: "muted" }, "No step attempts yet.");
@@ -9,7 +10,7 @@ export function stepTimeline(steps, run, nowIso) {
   const endOf = (s) => (s.finished_at ? Date.parse(s.finished_at) : run.finished_at ? Date.parse(run.finished_at) : now);
   const end = Math.max(start + 1, ...steps.map(endOf));
   const names = [...new Set(steps.map((s) => s.step_name))];
-  const label = 170, width = 900, right = 10, row = 24, top = 8, axis = 26;
+  const label = 170, width = availableWidth(900), right = 10, row = 24, top = 8, axis = 26;
   const height = top + names.length * row + axis;
   const x = (t) => label + ((t - start) / (end - start)) * (width - label - right);
 

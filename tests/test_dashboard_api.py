@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 import ow_es
 from ow_es import Context, RetryPolicy
 from ow_es.dashboard import create_app
+from ow_es.dashboard.server import make_server
 
 STATUSES = ["pending", "running", "completed", "failed", "canceled"]
 
@@ -37,14 +37,8 @@ async def serve_dashboard(
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(client, token=token),
-        log_level="warning",
-        lifespan="off",
-        ws="none",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
+    app = create_app(client, token=token)
+    server = make_server(app, host="127.0.0.1", port=port, log_level="warning")
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):

@@ -65,22 +65,14 @@ def dashboard(conn: Connection, host: str, port: int, log_level: str) -> None:
 
 
 async def _serve(conn: Connection, host: str, port: int, log_level: str, token: str | None) -> None:
-    import uvicorn
-
     from ow_es.dashboard import create_app
+    from ow_es.dashboard.server import make_server
 
     async with open_client(conn) as client:
-        app = create_app(client, token=token)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            lifespan="off",
-            timeout_graceful_shutdown=2,  # live streams never end by themselves
-            server_header=False,
+        server = make_server(
+            create_app(client, token=token), host=host, port=port, log_level=log_level
         )
         where = client.settings.describe() if client.settings is not None else "?"
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"ow-es dashboard for {where} on http://{shown}:{port}/", err=True)
-        await uvicorn.Server(config).serve()
+        await server.serve()

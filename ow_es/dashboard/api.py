@@ -98,7 +98,7 @@ async def run_state(request: Request) -> Response:
 async def counts(request: Request) -> Response:
     """Runs per status and per workflow and status; every status present, 0 included."""
     by_pair = await client_of(request).store.count_runs()
-    by_status = dict.fromkeys(RUN_STATUSES, 0)
+    by_status: dict[str, int] = dict.fromkeys(RUN_STATUSES, 0)
     by_workflow: dict[str, dict[str, int]] = {}
     for (name, status), n in sorted(by_pair.items()):
         by_status[status] = by_status.get(status, 0) + n

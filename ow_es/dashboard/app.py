@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from pathlib import Path
 
@@ -101,4 +102,5 @@ def create_app(client: OpenWorkflow, *, token: str | None = None) -> Starlette:
         },
     )
     app.state.client = client
+    app.state.stopping = asyncio.Event()  # set when the server stops: live streams end
     return app

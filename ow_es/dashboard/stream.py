@@ -79,7 +79,8 @@ async def stream(request: Request) -> Response:
         yield f"retry: 1000\nid: {cursor or FROM_START}\nevent: ready\ndata: {dumps(hello)}\n\n"
         batch = first
         last_write = time.monotonic()
-        while True:
+        stopping: asyncio.Event = request.app.state.stopping
+        while not stopping.is_set():
             if batch.events:
                 yield frames(batch)
                 cursor, last_write = batch.cursor, time.monotonic()
