@@ -83,6 +83,28 @@ class LogBatch(msgspec.Struct, kw_only=True):
     cursor: str | None
 
 
+class Backlog(msgspec.Struct, kw_only=True):
+    """Runs due now and not held by a worker; the age of the oldest, by the database clock."""
+
+    ready: int
+    oldest_age_seconds: float
+
+
+class MinuteCount(msgspec.Struct, kw_only=True):
+    """Runs per minute: ``series`` is ``started`` (created) or the terminal status reached."""
+
+    minute: datetime
+    series: str
+    count: int
+
+
+class PoolStats(msgspec.Struct, kw_only=True):
+    """Database connections of this process's pool."""
+
+    in_use: int
+    idle: int
+
+
 class Primitives(Protocol):
     """One open write transaction of an adapter. The rules call these; they decide nothing."""
 
@@ -193,6 +215,40 @@ class Reads(Protocol):
 
     async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
         """The earliest future ``available_at`` or lease expiry among ``workflows``' runs."""
+        ...
+
+    # -- monitoring (dashboard, metrics): indexed reads only
+
+    async def ready_backlog(self) -> Backlog:
+        """Non-terminal runs due now (``available_at <= now``) and the oldest one's age."""
+        ...
+
+    async def count_unowned(self) -> int:
+        """Non-terminal runs that nothing will pick up: no live lease (a claim whose
+        ``lease_until`` is still ahead), no timer (``available_at``), and not waiting for a
+        signal or a child (whose arrival wakes them). Should be 0."""
+        ...
+
+    async def runs_per_minute(self, minutes: int) -> list[MinuteCount]:
+        """Runs created, and runs that reached each terminal status, per minute over the
+        last ``minutes`` minutes (minutes with none are absent)."""
+        ...
+
+    async def runs_by_key(self, idempotency_key: str) -> list[WorkflowRun]:
+        """The runs (one per workflow name at most) started with this idempotency key."""
+        ...
+
+    async def log_tail(self) -> str | None:
+        """A ``read_log`` cursor at the current end of the log (None: the log is empty), so a
+        reader can follow only what comes next."""
+        ...
+
+    async def events_at(self, keys: Sequence[tuple[str, int]]) -> list[Event]:
+        """The events with these ``(run id, seq)``, those that exist, in no given order."""
+        ...
+
+    def pool_stats(self) -> PoolStats | None:
+        """This process's database connections (None: no pool, as on SQLite)."""
         ...
 
 

@@ -9,7 +9,17 @@ from typing import Any
 
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import rules
-from ow_es.store.port import Adapter, AppendRequest, LogBatch, Outcome, WakeChannel, WorkflowKey
+from ow_es.store.port import (
+    Adapter,
+    AppendRequest,
+    Backlog,
+    LogBatch,
+    MinuteCount,
+    Outcome,
+    PoolStats,
+    WakeChannel,
+    WorkflowKey,
+)
 from ow_es.store.rebuild_port import Rebuilder
 
 
@@ -105,3 +115,26 @@ class Store:
 
     async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
         return await self.adapter.next_wake_at(workflows)
+
+    # -- monitoring (dashboard, metrics) ---------------------------------------------------
+
+    async def ready_backlog(self) -> Backlog:
+        return await self.adapter.ready_backlog()
+
+    async def count_unowned(self) -> int:
+        return await self.adapter.count_unowned()
+
+    async def runs_per_minute(self, minutes: int) -> list[MinuteCount]:
+        return await self.adapter.runs_per_minute(minutes)
+
+    async def runs_by_key(self, idempotency_key: str) -> list[WorkflowRun]:
+        return await self.adapter.runs_by_key(idempotency_key)
+
+    async def log_tail(self) -> str | None:
+        return await self.adapter.log_tail()
+
+    async def events_at(self, keys: Sequence[tuple[str, int]]) -> list[Event]:
+        return await self.adapter.events_at(keys)
+
+    def pool_stats(self) -> PoolStats | None:
+        return self.adapter.pool_stats()

@@ -182,3 +182,67 @@ SELECT id FROM workflow_runs
 WHERE namespace_id = %(ns)s AND parent_run_id = ANY(%(ids)s)
   AND status IN ('pending', 'running')
 ORDER BY id
+
+-- Monitoring (dashboard, metrics): indexed reads only.
+
+-- name: ready_backlog
+-- Through the partial workflow_runs_ready index (non-terminal rows only).
+SELECT count(*) AS ready,
+       coalesce(extract(epoch FROM now() - min(available_at)), 0) AS oldest_age
+FROM workflow_runs
+WHERE namespace_id = %(ns)s AND status IN ('pending', 'running') AND available_at <= now()
+
+-- name: count_unowned
+-- Non-terminal rows without a timer (workflow_runs_ready: available_at IS NULL), held by no
+-- live lease and waiting for no signal or child.
+SELECT count(*) AS n FROM workflow_runs
+WHERE namespace_id = %(ns)s AND status IN ('pending', 'running') AND available_at IS NULL
+  AND waiting_for IS NULL
+  AND NOT (claim_token IS NOT NULL AND lease_until IS NOT NULL AND lease_until > now())
+
+-- name: runs_per_minute
+-- Created per minute (workflow_runs_list), ended per minute and status (workflow_runs_finished).
+SELECT date_trunc('minute', created_at) AS minute, 'started' AS series, count(*) AS n
+FROM workflow_runs
+WHERE namespace_id = %(ns)s AND created_at >= now() - make_interval(mins => %(minutes)s)
+GROUP BY 1
+UNION ALL
+SELECT date_trunc('minute', finished_at), status, count(*)
+FROM workflow_runs
+WHERE namespace_id = %(ns)s AND finished_at IS NOT NULL
+  AND finished_at >= now() - make_interval(mins => %(minutes)s)
+GROUP BY 1, 2
+
+-- name: runs_by_key
+-- The workflow names that have keyed runs, by a loose scan of workflow_runs_idempotency (one
+-- index probe per name), then one probe per name for the key.
+WITH RECURSIVE names(name) AS (
+    SELECT (SELECT workflow_name FROM workflow_runs
+            WHERE namespace_id = %(ns)s AND idempotency_key IS NOT NULL
+            ORDER BY workflow_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT workflow_name FROM workflow_runs
+            WHERE namespace_id = %(ns)s AND idempotency_key IS NOT NULL
+              AND workflow_name > names.name
+            ORDER BY workflow_name LIMIT 1)
+    FROM names WHERE names.name IS NOT NULL
+)
+SELECT r.* FROM names
+JOIN workflow_runs r
+  ON r.namespace_id = %(ns)s AND r.workflow_name = names.name AND r.idempotency_key = %(key)s
+ORDER BY r.created_at DESC, r.id DESC
+
+-- name: log_tail
+-- The newest event below the read_log barrier (events_tx_order, backwards): every event
+-- that commits later sorts after it.
+SELECT tx_id::text AS tx_text, position FROM events
+WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id DESC, position DESC
+LIMIT 1
+
+-- name: events_at
+-- Given events of given runs by (run id, seq), through the unique (namespace_id, run_id, seq).
+SELECT e.namespace_id, e.run_id, e.position, e.seq, e.type, e.schema_version, e.data,
+       e.created_at
+FROM unnest(%(ids)s::text[], %(seqs)s::int[]) AS k(run_id, seq)
+JOIN events e ON e.namespace_id = %(ns)s AND e.run_id = k.run_id AND e.seq = k.seq

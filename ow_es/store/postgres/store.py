@@ -23,7 +23,14 @@ from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec
 from ow_es.store.failure import first_line
 from ow_es.store.named_queries import load
-from ow_es.store.port import LogBatch, Primitives, WorkflowKey
+from ow_es.store.port import (
+    Backlog,
+    LogBatch,
+    MinuteCount,
+    PoolStats,
+    Primitives,
+    WorkflowKey,
+)
 from ow_es.store.postgres import schema
 from ow_es.store.postgres.errors import RETRYABLE, translate
 from ow_es.store.postgres.single import OneStatementAppends
@@ -264,6 +271,45 @@ class PostgresStore:
         if self._wake is None:
             self._wake = PostgresWakeChannel(self.url, self.channels)
         return self._wake
+
+    # -- monitoring (dashboard, metrics)
+
+    async def ready_backlog(self) -> Backlog:
+        rows = await self._fetch(Q["ready_backlog"], {}, "measuring the backlog")
+        return Backlog(ready=int(rows[0]["ready"]), oldest_age_seconds=float(rows[0]["oldest_age"]))
+
+    async def count_unowned(self) -> int:
+        rows = await self._fetch(Q["count_unowned"], {}, "counting unowned runs")
+        return int(rows[0]["n"])
+
+    async def runs_per_minute(self, minutes: int) -> list[MinuteCount]:
+        rows = await self._fetch(Q["runs_per_minute"], {"minutes": minutes}, "counting runs")
+        return [
+            MinuteCount(minute=r["minute"], series=r["series"], count=int(r["n"])) for r in rows
+        ]
+
+    async def runs_by_key(self, idempotency_key: str) -> list[WorkflowRun]:
+        rows = await self._fetch(Q["runs_by_key"], {"key": idempotency_key}, "finding runs")
+        return [codec.run_from_row(r) for r in rows]
+
+    async def log_tail(self) -> str | None:
+        await self._check_tx_ids()  # a new reader: make sure it cannot stall forever
+        rows = await self._fetch(Q["log_tail"], {}, "reading the log's end")
+        return f"{rows[0]['tx_text']}:{rows[0]['position']}" if rows else None
+
+    async def events_at(self, keys: Sequence[tuple[str, int]]) -> list[Event]:
+        if not keys:
+            return []
+        params = {"ids": [run_id for run_id, _ in keys], "seqs": [seq for _, seq in keys]}
+        rows = await self._fetch(Q["events_at"], params, "reading events")
+        return [codec.event_from_row(r) for r in rows]
+
+    def pool_stats(self) -> PoolStats | None:
+        if self._pool is None:
+            return None
+        stats = self._pool.get_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        return PoolStats(in_use=max(size - idle, 0), idle=idle)
 
 
 def _split_cursor(cursor: str) -> tuple[str, int]:

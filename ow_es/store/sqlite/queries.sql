@@ -121,3 +121,59 @@ SELECT id FROM workflow_runs
 WHERE namespace_id = ? AND parent_run_id IN (SELECT value FROM json_each(?))
   AND status IN ('pending', 'running')
 ORDER BY id
+
+-- Monitoring (dashboard, metrics): indexed reads only. ?1 is the namespace.
+
+-- name: ready_backlog
+-- Through the partial workflow_runs_ready index (non-terminal rows only); ?2 = now.
+SELECT count(*) AS ready, min(available_at) AS oldest FROM workflow_runs
+WHERE namespace_id = ?1 AND status IN ('pending', 'running') AND available_at <= ?2
+
+-- name: count_unowned
+-- ?2 = now.
+SELECT count(*) AS n FROM workflow_runs
+WHERE namespace_id = ?1 AND status IN ('pending', 'running') AND available_at IS NULL
+  AND waiting_for IS NULL
+  AND NOT (claim_token IS NOT NULL AND lease_until IS NOT NULL AND lease_until > ?2)
+
+-- name: runs_per_minute
+-- ?2 = the start of the window; times are fixed-width text, so the first 16 characters are
+-- the minute.
+SELECT substr(created_at, 1, 16) AS minute, 'started' AS series, count(*) AS n
+FROM workflow_runs
+WHERE namespace_id = ?1 AND created_at >= ?2
+GROUP BY 1
+UNION ALL
+SELECT substr(finished_at, 1, 16), status, count(*)
+FROM workflow_runs
+WHERE namespace_id = ?1 AND finished_at IS NOT NULL AND finished_at >= ?2
+GROUP BY 1, 2
+
+-- name: runs_by_key
+-- ?2 = the key. Names with keyed runs by a loose scan of workflow_runs_idempotency.
+WITH RECURSIVE names(name) AS (
+    SELECT (SELECT workflow_name FROM workflow_runs
+            WHERE namespace_id = ?1 AND idempotency_key IS NOT NULL
+            ORDER BY workflow_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT workflow_name FROM workflow_runs
+            WHERE namespace_id = ?1 AND idempotency_key IS NOT NULL
+              AND workflow_name > names.name
+            ORDER BY workflow_name LIMIT 1)
+    FROM names WHERE names.name IS NOT NULL
+)
+SELECT r.* FROM names
+JOIN workflow_runs r
+  ON r.namespace_id = ?1 AND r.workflow_name = names.name AND r.idempotency_key = ?2
+ORDER BY r.created_at DESC, r.id DESC
+
+-- name: log_tail
+SELECT max(position) AS position FROM events
+
+-- name: events_at
+-- ?2 = [[run id, seq], ...] as JSON.
+SELECT e.namespace_id, e.run_id, e.position, e.seq, e.type, e.schema_version, e.data,
+       e.created_at
+FROM json_each(?2) AS k
+JOIN events e ON e.namespace_id = ?1 AND e.run_id = json_extract(k.value, '$[0]')
+             AND e.seq = json_extract(k.value, '$[1]')

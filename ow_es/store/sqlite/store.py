@@ -16,7 +16,14 @@ from ow_es.errors import OwEsError, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec, migrator, tables
 from ow_es.store.named_queries import load
-from ow_es.store.port import LogBatch, Primitives, WorkflowKey
+from ow_es.store.port import (
+    Backlog,
+    LogBatch,
+    MinuteCount,
+    PoolStats,
+    Primitives,
+    WorkflowKey,
+)
 from ow_es.store.rebuild_port import Rebuilder
 from ow_es.store.sqlite.errors import translate
 from ow_es.store.sqlite.transaction import SqliteTransaction, row_dict, ts, workflows_json
@@ -242,6 +249,49 @@ class SqliteStore:
 
     def wake_channel(self) -> SqliteWakeChannel:
         return self._wake
+
+    # -- monitoring (dashboard, metrics)
+
+    async def ready_backlog(self) -> Backlog:
+        now = _now()
+        rows = await self._fetch(Q["ready_backlog"], (self.namespace, ts(now)))
+        oldest = rows[0]["oldest"]
+        age = (now - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
+        return Backlog(ready=int(rows[0]["ready"]), oldest_age_seconds=max(age, 0.0))
+
+    async def count_unowned(self) -> int:
+        rows = await self._fetch(Q["count_unowned"], (self.namespace, ts(_now())))
+        return int(rows[0]["n"])
+
+    async def runs_per_minute(self, minutes: int) -> list[MinuteCount]:
+        since = ts(_now() - timedelta(minutes=minutes))
+        rows = await self._fetch(Q["runs_per_minute"], (self.namespace, since))
+        return [
+            MinuteCount(
+                minute=datetime.fromisoformat(r["minute"]).replace(tzinfo=UTC),
+                series=r["series"],
+                count=int(r["n"]),
+            )
+            for r in rows
+        ]
+
+    async def runs_by_key(self, idempotency_key: str) -> list[WorkflowRun]:
+        rows = await self._fetch(Q["runs_by_key"], (self.namespace, idempotency_key))
+        return [codec.run_from_row(r) for r in rows]
+
+    async def log_tail(self) -> str | None:
+        rows = await self._fetch(Q["log_tail"], ())
+        return None if rows[0]["position"] is None else str(rows[0]["position"])
+
+    async def events_at(self, keys: Sequence[tuple[str, int]]) -> list[Event]:
+        if not keys:
+            return []
+        pairs = tables.dumps([[run_id, seq] for run_id, seq in keys])
+        rows = await self._fetch(Q["events_at"], (self.namespace, pairs))
+        return [codec.event_from_row(r) for r in rows]
+
+    def pool_stats(self) -> PoolStats | None:
+        return None  # two connections (a reader, a writer), no pool
 
 
 def _statements(script: str) -> list[str]:
