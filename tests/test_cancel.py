@@ -1,84 +1,19 @@
-"""The client surface: results, cancel, handles, status, list_runs."""
+"""Cancel: idempotent on canceled runs, refused on finished ones, a running run dropped by its
+worker (its step stopped too), a sleeping run kept asleep, and the edges (pending, parked,
+unknown, resume after cancel)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from datetime import datetime
+from typing import Any
 
 import pytest
 
 import ow_es
-from tests.support.runs import event_types
+from tests.support.runs import event_types, parked
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
-
-
-async def test_result_returns_output_and_raises_workflow_failed(ow: ow_es.OpenWorkflow) -> None:
-    @ow.workflow(name="ok")
-    async def ok(ctx: ow_es.Context, n: int) -> dict[str, int]:
-        return {"double": n * 2}
-
-    @ow.workflow(name="boom")
-    async def boom(ctx: ow_es.Context) -> None:
-        raise ValueError("kaboom 42")
-
-    await ow.connect()
-    async with running_worker(ow):
-        good = await ok.start(21)
-        bad = await boom.start()
-        assert await good.result(timeout=15) == {"double": 42}
-        with pytest.raises(ow_es.WorkflowFailed) as info:
-            await bad.result(timeout=15)
-    assert info.value.run_id == bad.run_id
-    assert info.value.error_type == "ValueError"
-    assert info.value.error_message == "kaboom 42"
-    assert "kaboom 42" in info.value.error["traceback"]
-    assert isinstance(info.value, ow_es.OwEsError)
-
-
-async def test_result_raises_workflow_canceled(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    handle = await ow.start("nobody-serves-this", None)
-    waiter = asyncio.ensure_future(handle.result(timeout=15))
-    await asyncio.sleep(0.1)
-    await handle.cancel()
-    with pytest.raises(ow_es.WorkflowCanceled) as info:
-        await waiter
-    assert info.value.run_id == handle.run_id
-    # Also for a caller that asks after the fact.
-    with pytest.raises(ow_es.WorkflowCanceled):
-        await handle.result(timeout=1)
-
-
-async def test_result_timeout_is_a_timeout_error(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    handle = await ow.start("nobody-serves-this", None)
-    started = time.monotonic()
-    with pytest.raises(ow_es.ResultTimeout):
-        await handle.result(timeout=0.3)
-    elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 3
-    with pytest.raises(TimeoutError):
-        await handle.result(timeout=0.05)
-    assert issubclass(ow_es.ResultTimeout, TimeoutError)
-    assert (await handle.status()).status == "pending"
-
-
-async def test_result_is_woken_promptly_when_the_run_ends(ow: ow_es.OpenWorkflow) -> None:
-    @ow.workflow(name="prompt")
-    async def prompt(ctx: ow_es.Context) -> str:
-        return "done"
-
-    await ow.connect()
-    handle = await prompt.start()
-    waiter = asyncio.ensure_future(handle.result(timeout=20))
-    await asyncio.sleep(0.2)  # the waiter is parked now
-    async with running_worker(ow):
-        started = time.monotonic()
-        assert await waiter == "done"
-        assert time.monotonic() - started < 3
 
 
 async def test_cancel_is_idempotent_on_canceled_runs(ow: ow_es.OpenWorkflow) -> None:
@@ -114,26 +49,6 @@ async def test_cancel_of_finished_runs_is_an_invalid_transition(ow: ow_es.OpenWo
             await handle.cancel()
         assert (await handle.status()).status == status
         assert await ow.history(handle.run_id) == before
-
-
-async def test_unknown_run_ids_raise_run_not_found(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    missing = "0" * 32
-    with pytest.raises(ow_es.RunNotFound):
-        await ow.get_handle(missing)
-    with pytest.raises(ow_es.RunNotFound):
-        await ow.cancel(missing)
-    with pytest.raises(ow_es.RunNotFound):
-        await ow.history(missing)
-    with pytest.raises(ow_es.RunNotFound):
-        await ow.resume(missing)
-    handle = ow_es.RunHandle(ow, missing, "whatever")
-    with pytest.raises(ow_es.RunNotFound):
-        await handle.status()
-    with pytest.raises(ow_es.RunNotFound):
-        await handle.cancel()
-    with pytest.raises(LookupError):
-        await ow.get_handle(missing)
 
 
 async def test_cancel_of_a_running_run_makes_the_worker_drop_it(ow: ow_es.OpenWorkflow) -> None:
@@ -187,113 +102,6 @@ async def test_cancel_of_a_running_run_makes_the_worker_drop_it(ow: ow_es.OpenWo
     run = await handle.status()
     assert run.status == "canceled"
     assert run.worker_id is None and run.lease_until is None
-
-
-async def test_get_handle_and_status(ow: ow_es.OpenWorkflow) -> None:
-    @ow.workflow(name="describe", version="7")
-    async def describe(ctx: ow_es.Context, data: dict[str, int]) -> int:
-        return data["a"] + 1
-
-    await ow.connect()
-    started = await describe.start({"a": 1}, idempotency_key="key-1")
-    handle = await ow.get_handle(started.run_id)
-    assert handle.run_id == started.run_id
-    assert handle.workflow_name == "describe"
-    run = await handle.status()
-    assert isinstance(run, ow_es.WorkflowRun)
-    assert run.id == started.run_id
-    assert run.namespace_id == "default"
-    assert run.workflow_name == "describe" and run.version == "7"
-    assert run.status == "pending"
-    assert run.input == {"a": 1}
-    assert run.output is None and run.error is None
-    assert run.idempotency_key == "key-1"
-    assert run.attempts == 0
-    assert run.worker_id is None and run.lease_until is None
-    assert run.parent_run_id is None
-    assert run.waiting_for is None
-    assert run.seq == 1
-    assert isinstance(run.created_at, datetime) and run.created_at.utcoffset() is not None
-    assert run.updated_at == run.created_at
-    assert run.started_at is None and run.finished_at is None
-
-    async with running_worker(ow):
-        assert await handle.result(timeout=15) == 2
-    done = await handle.status()
-    assert done.status == "completed"
-    assert done.output == 2
-    assert done.attempts == 1
-    assert done.started_at is not None and done.finished_at is not None
-    assert done.created_at <= done.started_at <= done.finished_at
-    assert done.updated_at == done.finished_at
-    events = await ow.history(handle.run_id)
-    assert done.seq == events[-1].seq
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
-
-
-async def test_list_runs_filters(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    alpha = [await ow.start("alpha", {"i": i}) for i in range(4)]
-    beta = [await ow.start("beta", {"i": i}) for i in range(2)]
-    await alpha[0].cancel()
-    await beta[1].cancel()
-
-    def ids(page: ow_es.RunPage) -> set[str]:
-        return {run.id for run in page.runs}
-
-    everything = await ow.list_runs()
-    assert len(everything.runs) == 6 and everything.next_cursor is None
-    assert ids(await ow.list_runs(workflow_name="beta")) == {h.run_id for h in beta}
-    assert ids(await ow.list_runs(status="canceled")) == {alpha[0].run_id, beta[1].run_id}
-    pending_alpha = await ow.list_runs(status="pending", workflow_name="alpha")
-    assert ids(pending_alpha) == {h.run_id for h in alpha[1:]}
-    assert all(r.status == "pending" and r.workflow_name == "alpha" for r in pending_alpha.runs)
-    assert (await ow.list_runs(status="completed")).runs == []
-    assert (await ow.list_runs(workflow_name="gamma")).runs == []
-
-
-async def test_list_runs_pages_newest_first(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    created = [(await ow.start("paged", {"i": i})).run_id for i in range(5)]
-    await ow.start("unrelated", None)
-    seen: list[str] = []
-    sizes: list[int] = []
-    cursor: str | None = None
-    for _ in range(10):
-        page = await ow.list_runs(workflow_name="paged", limit=2, cursor=cursor)
-        sizes.append(len(page.runs))
-        seen += [run.id for run in page.runs]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert sizes == [2, 2, 1]
-    assert seen == list(reversed(created))
-
-    # Unfiltered pages cover every run exactly once, newest first.
-    everything: list[ow_es.WorkflowRun] = []
-    cursor = None
-    while True:
-        page = await ow.list_runs(limit=4, cursor=cursor)
-        everything += page.runs
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    assert len(everything) == 6 and len({r.id for r in everything}) == 6
-    keys = [(r.created_at, r.id) for r in everything]
-    assert keys == sorted(keys, reverse=True)
-
-    # An exact fit: the last full page reports no further cursor... or an empty next page.
-    page = await ow.list_runs(workflow_name="paged", limit=5)
-    assert [r.id for r in page.runs] == list(reversed(created))
-    assert page.next_cursor is None
-
-
-async def test_list_runs_rejects_a_bad_limit_and_cursor(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    with pytest.raises(ow_es.ValidationError):
-        await ow.list_runs(limit=0)
-    with pytest.raises(ow_es.ValidationError):
-        await ow.list_runs(cursor="definitely not a cursor")
 
 
 async def _cancel_a_stuck_step(ow: ow_es.OpenWorkflow, *, after_step_started: bool) -> None:
@@ -365,10 +173,10 @@ async def test_cancel_of_a_sleeping_run_keeps_it_asleep_forever(ow: ow_es.OpenWo
     async with running_worker(ow):
         handle = await canceled_sleeper.start()
 
-        async def parked() -> bool:
+        async def is_parked() -> bool:
             return (await handle.status()).waiting_for is not None
 
-        await eventually(parked, timeout=10)
+        await eventually(is_parked, timeout=10)
         await handle.cancel()
         run = await handle.status()
         assert run.status == "canceled"
@@ -380,40 +188,40 @@ async def test_cancel_of_a_sleeping_run_keeps_it_asleep_forever(ow: ow_es.OpenWo
     assert types.count("run_claimed") == 1
 
 
-async def test_list_runs_pages_through_runs_created_at_the_same_instant(
-    ow: ow_es.OpenWorkflow,
-) -> None:
-    from ow_es import events as ev
-    from ow_es.durations import utcnow
-    from ow_es.store import Appended, AppendRequest
+async def test_cancel_edges(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="parks")
+    async def parks(ctx: ow_es.Context) -> Any:
+        return await ctx.step.wait_for_signal("cancel-me", timeout="1m")
+
+    @ow.workflow(name="ends")
+    async def ends(ctx: ow_es.Context, fail: bool) -> str:
+        if fail:
+            raise RuntimeError("no")
+        return "fine"
 
     await ow.connect()
-    now = utcnow()
-    requests = [
-        AppendRequest(
-            run_id=f"tie-{i:02d}",
-            events=[ev.RunCreated(workflow_name="tied", input=i, available_at=now)],
-        )
-        for i in range(7)
-    ]
-    outcomes = await ow.store.append(requests)
-    assert all(isinstance(o, Appended) for o in outcomes)
-    assert len({(await ow.get_handle(r.run_id)).run_id for r in requests}) == 7
-    created = {(await (await ow.get_handle(r.run_id)).status()).created_at for r in requests}
-    assert len(created) == 1  # one transaction, one time
-
-    seen: list[str] = []
-    cursor: str | None = None
-    for _ in range(10):
-        page = await ow.list_runs(limit=3, cursor=cursor)
-        seen += [run.id for run in page.runs]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert seen == sorted((r.run_id for r in requests), reverse=True)
-
-
-async def test_list_runs_rejects_an_unknown_status(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    with pytest.raises(ow_es.ValidationError, match="unknown status 'finished'"):
-        await ow.list_runs(status="finished")
+    pending = await parks.start()
+    await pending.cancel()  # never claimed: pending -> canceled
+    await pending.cancel()
+    assert (await pending.status()).status == "canceled"
+    async with running_worker(ow, concurrency=3):
+        parked_run = await parks.start()
+        await eventually(lambda: parked(ow, parked_run.run_id, "signal", name="cancel-me"))
+        await parked_run.cancel()
+        assert await ow.send_signal("cancel-me", 1) == []
+        done = await ends.start(False)
+        failed = await ends.start(True)
+        await done.result(timeout=10)
+        with pytest.raises(ow_es.WorkflowFailed):
+            await failed.result(timeout=10)
+    for handle in (done, failed):
+        with pytest.raises(ow_es.InvalidTransition):
+            await handle.cancel()
+        with pytest.raises(ow_es.InvalidTransition):
+            await handle.cancel(cascade=False)
+    with pytest.raises(ow_es.RunNotFound):
+        await ow.cancel("no-such-run")
+    with pytest.raises(ow_es.InvalidTransition):
+        await ow.resume(parked_run.run_id)  # canceled runs do not resume
+    assert (await event_types(ow, parked_run.run_id))[-1] == "run_canceled"
+    assert (await event_types(ow, pending.run_id)).count("run_canceled") == 1

@@ -1,15 +1,17 @@
-"""Chaos: a busy ``ow-es worker`` process gets SIGTERM. Runs that can finish within its stop
-timeout finish there; the rest (one of them stuck in a sync step's thread) are released and
-another worker completes them at once, long before their 30 s lease would have run out. The
-stopped process exits cleanly without waiting for the stuck thread."""
+"""Graceful stop: a stopped worker finishes what it can within its stop timeout and releases
+the rest at once, so another worker completes them long before their lease would run out;
+in the test's loop and as a real ``ow-es worker`` process getting SIGTERM (one of its runs
+stuck in a sync step's thread, which the process does not wait for)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from typing import Any
 
+import ow_es
 from tests.support.auditors import (
     audit_attempts,
     audit_executions,
@@ -23,6 +25,51 @@ from tests.support.auditors import (
 from tests.support.fleet import Fleet
 from tests.support.processes import Processes
 from tests.support.waiting import eventually
+from tests.support.workers import running_worker
+
+
+async def test_stopped_worker_releases_its_run_for_another(ow: ow_es.OpenWorkflow) -> None:
+    """A graceful stop that cannot finish in time hands the run back at once (no lease wait)."""
+    entered = asyncio.Event()
+    calls: list[str] = []
+
+    @ow.workflow(name="handover")
+    async def handover(ctx: ow_es.Context) -> str:
+        async def done_before() -> str:
+            calls.append("before")
+            return "before"
+
+        async def long_step() -> str:
+            calls.append("long")
+            if len([c for c in calls if c == "long"]) == 1:
+                entered.set()
+                await asyncio.sleep(30)
+            return "long"
+
+        await ctx.step.run("before", done_before)
+        return await ctx.step.run("long", long_step)
+
+    await ow.connect()
+    handle = await handover.start()
+    first = ow.worker(lease="30s", poll_interval="200ms")
+    task = asyncio.create_task(first.run())
+    await asyncio.wait_for(entered.wait(), 15)
+    await first.stop(timeout=0.1)
+    await asyncio.wait_for(task, 10)
+    types = [e.type for e in await ow.history(handle.run_id)]
+    assert types[-1] == "run_released"
+    run = await handle.status()
+    assert run.status == "running" and run.worker_id is None and run.lease_until is None
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with running_worker(ow, lease="30s"):
+        assert await handle.result(timeout=15) == "long"
+    assert loop.time() - started < 10  # far less than the 30 s lease
+    assert calls == ["before", "long", "long"]
+
+
+# -- a busy worker process gets SIGTERM ----------------------------------------------------------
 
 STOP_TIMEOUT = 1.5
 

@@ -1,8 +1,10 @@
-"""Audit: the whole history of a run, its state as of any event, old events upcast."""
+"""History: the whole log of a run, its state as of any event (``state_at``, with every
+shape of ``waiting_for``), old events upcast, an abandoned attempt closed."""
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -10,6 +12,8 @@ import psycopg
 import pytest
 
 import ow_es
+from tests.support.runs import parked
+from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
 
@@ -75,10 +79,11 @@ async def test_state_at_replays_the_run_as_of_each_event(ow: ow_es.OpenWorkflow)
         ("first", 1, "completed"),
         ("flaky", 1, "failed"),
     ]
-    parked = await ow.state_at(handle.run_id, failed_at + 1)
-    assert parked.run.waiting_for is not None and parked.run.waiting_for["kind"] == "retry"
-    assert parked.run.waiting_for["step"] == "flaky"
-    assert parked.run.waiting_for["until"].tzinfo is not None  # a datetime, as all times are
+    parked_state = await ow.state_at(handle.run_id, failed_at + 1)
+    waiting = parked_state.run.waiting_for
+    assert waiting is not None and waiting["kind"] == "retry"
+    assert waiting["step"] == "flaky"
+    assert waiting["until"].tzinfo is not None  # a datetime, as all times are
     final = await ow.state_at(handle.run_id, events[-1].seq)
     live = await handle.status()
     assert msgspec.structs.replace(final.run, lease_until=None) == live
@@ -160,3 +165,76 @@ async def test_an_attempt_abandoned_by_a_lost_worker_is_closed_not_counted(
     abandoned = [e for e in await ow.history(handle.run_id) if e.type == "step_failed"]
     assert abandoned[0].data["abandoned"] is True and abandoned[0].data["final"] is False
     assert abandoned[0].created_at > datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+async def test_waiting_for_shapes_in_history_and_state_at(ow: ow_es.OpenWorkflow) -> None:
+    failures = {"n": 0}
+
+    @ow.workflow(name="shape-kid")
+    async def shape_kid(ctx: ow_es.Context) -> str:
+        return await ctx.step.wait_for_signal("kid-go", timeout="20s")
+
+    @ow.workflow(name="shapes")
+    async def shapes(ctx: ow_es.Context) -> Any:
+        def flaky() -> str:
+            failures["n"] += 1
+            if failures["n"] == 1:
+                raise ConnectionError("once")
+            return "ok"
+
+        await ctx.step.run("flaky", flaky, retry=ow_es.RetryPolicy(initial_interval="50ms"))
+        await ctx.step.sleep("nap", "50ms")
+        signal = await ctx.step.wait_for_signal("approve", timeout="20s")
+        child = await ctx.step.run_workflow(shape_kid, None)
+        return [signal, child]
+
+    await ow.connect()
+    async with running_worker(ow, concurrency=2):
+        handle = await shapes.start()
+        await eventually(lambda: parked(ow, handle.run_id, "signal", name="approve"))
+        assert await ow.send_signal("approve", "A") == [handle.run_id]
+        await eventually(lambda: parked(ow, handle.run_id, "child"))
+        (child,) = await ow.store.list_children(handle.run_id)
+        live = (await handle.status()).waiting_for
+        assert live is not None and live["run_id"] == child.id
+        await eventually(lambda: parked(ow, child.id, "signal", name="kid-go"))
+        assert await ow.send_signal("kid-go", "K") == [child.id]
+        assert await handle.result(timeout=15) == ["A", "K"]
+
+    events = await ow.history(handle.run_id)
+    seen: dict[str, dict[str, Any]] = {}
+    for event in events:
+        state = await ow.state_at(handle.run_id, event.seq)
+        assert state.run.seq == event.seq
+        wf = state.run.waiting_for
+        if event.type == "retry_scheduled":
+            assert wf is not None and wf["kind"] == "retry" and wf["step"] == "flaky"
+            assert _as_datetime(wf["until"]) == _as_datetime(event.data["until"])
+        elif event.type == "run_sleeping":
+            assert wf is not None and wf["kind"] == "sleep"
+            assert _as_datetime(wf["until"]) == _as_datetime(event.data["until"])
+        elif event.type == "run_waiting":
+            assert wf is not None and wf["kind"] in ("signal", "child")
+            if wf["kind"] == "signal":
+                assert wf["name"] == "approve"
+            else:
+                assert wf["run_id"] == child.id
+        elif event.type in ("run_claimed", "signal_received", "child_finished", "run_completed"):
+            assert wf is None, (event.type, wf)
+        if wf is not None:
+            assert state.run.status == "running" and state.run.worker_id is None
+            assert state.run.lease_until is None
+            seen[wf["kind"]] = wf
+    assert set(seen) == {"retry", "sleep", "signal", "child"}
+    received = next(e for e in events if e.type == "signal_received")
+    at_receipt = await ow.state_at(handle.run_id, received.seq)
+    wait = next(s for s in at_receipt.steps if s.step_name == "approve")
+    assert (wait.kind, wait.status, wait.output) == ("signal_wait", "completed", "A")
+    finished = next(e for e in events if e.type == "child_finished")
+    assert finished.data["child_run_id"] == child.id and finished.data["status"] == "completed"
+    final = await ow.state_at(handle.run_id, events[-1].seq)
+    assert msgspec.structs.replace(final.run, lease_until=None) == await handle.status()

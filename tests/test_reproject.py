@@ -1,14 +1,31 @@
-"""``reproject``: rebuild from the log, verify, swap online while a worker runs."""
+"""``reproject``: rebuild the projections from the log, verify them, swap them in online while
+workers run (and while signals are delivered, processes are SIGKILLed and runs canceled), and
+the ``ow-es reproject`` command as a real process."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sqlite3
+import time
 from typing import Any
 
 import psycopg
 
 import ow_es
 from ow_es.durations import utcnow
+from tests.support.auditors import (
+    audit_attempts,
+    audit_executions,
+    audit_log,
+    describe,
+    read_executions,
+    statuses,
+)
+from tests.support.cli import ainvoke, assert_one_line_error, db_args, ok
+from tests.support.fleet import Fleet
+from tests.support.processes import Process, Processes
+from tests.support.runs import event_types, parked
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
@@ -131,8 +148,6 @@ async def _lease_moved(client: ow_es.OpenWorkflow, run_id: str, lease: Any) -> b
 async def test_cli_verify_exits_1_naming_the_corrupted_row(
     ow: ow_es.OpenWorkflow, db: dict[str, Any]
 ) -> None:
-    from tests.support.cli import ainvoke, assert_one_line_error, ok
-
     job = _define(ow)
     await ow.connect()
     async with running_worker(ow):
@@ -184,3 +199,192 @@ async def test_an_interrupted_rebuild_resumes(
     assert report.events == report.counts["events"] - sum(folded)  # only the rest was read
     assert (await ow.reproject(verify=True)).differences == []
     assert _sql(db, "SELECT count(*) FROM reproject_state") == [(0,)]
+
+
+# -- the command as a real process; reproject under load --------------------------------------
+
+
+async def _cli(processes: Processes, db: dict[str, Any], *args: str) -> Process:
+    """``ow-es reproject ...`` as a real process (its own exit status)."""
+    return await processes.run_ow_es("reproject", *args, *db_args(db))
+
+
+async def test_cli_verify_and_dry_run_on_corrupted_step_rows(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any], processes: Processes
+) -> None:
+    @ow.workflow(name="signalled")
+    async def signalled(ctx: ow_es.Context) -> Any:
+        first = await ctx.step.run("first", lambda: 1)
+        got = await ctx.step.wait_for_signal("go", timeout="20s")
+        return [first, got]
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await signalled.start()
+        await eventually(lambda: parked(ow, handle.run_id, "signal", name="go"))
+        assert await ow.send_signal("go", {"v": 1}) == [handle.run_id]
+        assert await handle.result(timeout=15) == [1, {"v": 1}]
+    run_id = handle.run_id
+
+    clean = await _cli(processes, db, "--verify")
+    assert clean.returncode == 0, clean.stderr()
+    assert "0 row(s) differ" in clean.stdout()
+
+    # A completed wait shown as still open, and a step row gone.
+    _sql(
+        db,
+        "UPDATE step_attempts SET status = 'running', output = NULL, finished_at = NULL"
+        " WHERE run_id = %s AND step_name = 'go'",
+        (run_id,),
+    )
+    _sql(db, "DELETE FROM step_attempts WHERE run_id = %s AND step_name = 'first'", (run_id,))
+
+    dry = await _cli(processes, db, "--dry-run")
+    assert dry.returncode == 0, dry.stderr()
+    assert "nothing written" in dry.stdout()
+    assert _sql(db, "SELECT status FROM step_attempts WHERE run_id = %s AND step_name = 'go'",
+                (run_id,)) == [("running",)]  # fmt: skip
+
+    bad = await _cli(processes, db, "--verify")
+    assert bad.returncode == 1, (bad.stdout(), bad.stderr())
+    assert f"step_attempts default/{run_id}/go/1:" in bad.stdout(), bad.stdout()
+    assert f"step_attempts default/{run_id}/first/1:" in bad.stdout(), bad.stdout()
+    error_lines = [line for line in bad.stderr().splitlines() if line.strip()]
+    assert error_lines == ["error: 2 projection row(s) differ from the log"], bad.stderr()
+    assert "Traceback" not in bad.stderr()
+    # Verify wrote nothing: the corruption is still there.
+    assert _sql(db, "SELECT count(*) FROM step_attempts WHERE run_id = %s", (run_id,)) == [(1,)]
+
+    repaired = await _cli(processes, db)
+    assert repaired.returncode == 0, repaired.stderr()
+    assert "swapped in" in repaired.stdout()
+    steps = {s.step_name: s for s in await ow.store.step_attempts(run_id)}
+    assert (steps["go"].status, steps["go"].output) == ("completed", {"v": 1})
+    assert steps["first"].output == 1
+    again = await _cli(processes, db, "--verify")
+    assert again.returncode == 0 and "0 row(s) differ" in again.stdout(), again.stdout()
+
+
+async def test_reproject_while_signals_are_delivered(make_client: Any, db: dict[str, Any]) -> None:
+    ow = await make_client()
+
+    @ow.workflow(name="relay")
+    async def relay(ctx: ow_es.Context, i: int) -> Any:
+        first = await ctx.step.wait_for_signal(f"s-{i}", timeout="30s")
+        second = await ctx.step.wait_for_signal(f"t-{i}", timeout="30s")
+        return [first, second]
+
+    await ow.connect()
+    admin = await make_client()
+    await admin.connect()
+    count = 30
+    async with running_worker(ow, concurrency=10, lease="5s", heartbeat="300ms"):
+        handles = [await relay.start(i) for i in range(count)]
+        for i, handle in enumerate(handles):
+            await eventually(lambda h=handle, i=i: parked(ow, h.run_id, "signal", name=f"s-{i}"))
+
+        async def send_all(prefix: str) -> list[list[str]]:
+            delivered = []
+            for i in range(count):
+                if prefix == "t":
+                    await eventually(
+                        lambda i=i: parked(ow, handles[i].run_id, "signal", name=f"t-{i}")
+                    )
+                delivered.append(await admin.send_signal(f"{prefix}-{i}", f"{prefix}{i}"))
+                await asyncio.sleep(0)
+            return delivered
+
+        reports = []
+
+        verified: list[list[Any]] = []
+
+        async def reproject_while(sending: asyncio.Future[Any]) -> Any:
+            reports.append(await admin.reproject())
+            while not sending.done():  # swap and verify again and again until all are out
+                verified.append((await admin.reproject(verify=True)).differences)
+                reports.append(await admin.reproject())
+            return await sending
+
+        first_round = await reproject_while(asyncio.ensure_future(send_all("s")))
+        second_round = await reproject_while(asyncio.ensure_future(send_all("t")))
+        results = [await h.result(timeout=30) for h in handles]
+    assert all(r.swapped for r in reports)
+    # A verify taken while appends go on compares one consistent snapshot: no false alarms.
+    assert all(d == [] for d in verified), verified
+    assert first_round == [[h.run_id] for h in handles]
+    assert second_round == [[h.run_id] for h in handles]
+    assert results == [[f"s{i}", f"t{i}"] for i in range(count)]
+    for handle in handles:
+        assert (await event_types(admin, handle.run_id)).count("signal_received") == 2
+    assert (await admin.reproject(verify=True)).differences == []
+
+
+async def test_reproject_swaps_during_kills_and_cancels_lose_nothing(
+    make_client: Any, db: dict[str, Any], processes: Processes
+) -> None:
+    total = 50
+    seed = time.time_ns() % 100_000
+    rng = random.Random(seed)
+    ow = await make_client()
+    await ow.connect()
+    fleet = Fleet(db, processes)
+    canceled: set[str] = set()
+    swaps = 0
+    try:
+        handles = [await ow.start("chaos", n) for n in range(total)]
+        for _ in range(2):
+            fleet.spawn()
+        await eventually(lambda: len(list(fleet.state.glob("exec-*"))) >= 4, 20, "work started")
+        for round_ in range(4):
+            await asyncio.sleep(rng.uniform(0.3, 0.6))
+            report = await ow.reproject()
+            swaps += report.swapped
+            if round_ == 1:
+                fleet.kill(rng.choice(fleet.live()))
+                fleet.spawn()
+            if round_ in (0, 2):
+                for handle in rng.sample(handles, 4):
+                    try:
+                        await handle.cancel()
+                        canceled.add(handle.run_id)
+                    except ow_es.InvalidTransition:
+                        pass  # it had finished already
+
+        async def settled() -> bool:
+            counts = await statuses(ow)
+            return counts["pending"] + counts["running"] == 0
+
+        await eventually(settled, 60, "every run finished")
+    finally:
+        codes = fleet.stop_all()
+    assert set(codes.values()) == {0}, (codes, fleet.logs())
+    assert swaps == 4
+    counts = await statuses(ow)
+    assert counts == {"completed": total - len(canceled), "canceled": len(canceled)}, (
+        f"seed {seed}",
+        counts,
+        fleet.logs(),
+    )
+
+    problems: list[str] = []
+    evidence: list[str] = []
+    for n, handle in enumerate(handles):
+        events = await ow.history(handle.run_id)
+        found = [
+            *audit_log(events),
+            *audit_attempts(events, await ow.store.step_attempts(handle.run_id)),
+        ]
+        if handle.run_id in canceled:
+            if events[-1].type != "run_canceled":
+                found.append(f"the log goes on after the cancel: {events[-1].type}")
+        else:
+            executions = read_executions(fleet.state, handle.run_id)
+            found += audit_executions(events, executions, fleet.killed)
+            if (await handle.status()).output != [n, 2 * n, 3 * n, 4 * n, 5 * n]:
+                found.append("wrong output")
+        problems += [f"run {n} ({handle.run_id}): {p}" for p in found]
+        if found and len(evidence) < 3:
+            evidence.append(f"run {n}:\n{describe(events)}")
+    assert not problems, "\n".join([f"seed {seed}:", *problems[:40], *evidence])
+    report = await ow.reproject(verify=True)
+    assert report.differences == [], report.differences[:10]

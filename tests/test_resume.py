@@ -1,13 +1,16 @@
-"""``resume``: a failed run goes on from its failed step; nothing is lost or re-run."""
+"""``resume``: a failed run goes on from its failed step; nothing is lost or re-run, a received
+signal is kept."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 
 import ow_es
-from tests.support.runs import event_types
+from tests.support.runs import event_types, parked
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
@@ -81,3 +84,37 @@ async def test_resume_refuses_deadline_failures_and_unknown_runs(ow: ow_es.OpenW
 
 async def _failed(handle: ow_es.RunHandle) -> bool:
     return (await handle.status()).status == "failed"
+
+
+async def test_resume_keeps_a_received_signal(ow: ow_es.OpenWorkflow) -> None:
+    healthy = {"value": False}
+
+    @ow.workflow(name="signal-then-fail")
+    async def signal_then_fail(ctx: ow_es.Context) -> Any:
+        data = await ctx.step.wait_for_signal("input", timeout="20s")
+
+        def use() -> str:
+            if not healthy["value"]:
+                raise ow_es.NonRetryableError("not yet")
+            return f"used {data}"
+
+        return await ctx.step.run("use", use)
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await signal_then_fail.start()
+        await eventually(lambda: parked(ow, handle.run_id, "signal", name="input"))
+        assert await ow.send_signal("input", "D") == [handle.run_id]
+        with pytest.raises(ow_es.WorkflowFailed, match="not yet"):
+            await handle.result(timeout=10)
+        healthy["value"] = True
+        # Two concurrent resumes: exactly one takes effect.
+        outcomes = await asyncio.gather(
+            ow.resume(handle.run_id), ow.resume(handle.run_id), return_exceptions=True
+        )
+        assert sum(isinstance(o, ow_es.InvalidTransition) for o in outcomes) == 1, outcomes
+        assert await handle.result(timeout=10) == "used D"
+    types = await event_types(ow, handle.run_id)
+    assert types.count("run_resumed") == 1 and types.count("signal_received") == 1
+    # The signal is not waited for again after the resume.
+    assert types.count("run_waiting") == 1

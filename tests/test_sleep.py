@@ -1,15 +1,17 @@
-"""Durable sleep: it parks the run, frees the slot, survives a crash, runs nothing twice."""
+"""Durable sleep: it parks the run, frees the slot, survives a crash, runs nothing twice; with
+parallel waits the run shows the one due first."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 import ow_es
 from ow_es import events as ev
 from ow_es.durations import utcnow
 from ow_es.store import Appended, AppendRequest
-from tests.support.runs import event_types
+from tests.support.runs import event_types, parked
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
@@ -44,11 +46,11 @@ async def test_sleep_parks_and_frees_the_slot(ow: ow_es.OpenWorkflow) -> None:
     async with running_worker(ow, concurrency=1) as worker:
         a = await sleeper.start()
 
-        async def parked() -> bool:
+        async def is_parked() -> bool:
             run = await a.status()
             return run.waiting_for is not None and run.waiting_for.get("kind") == "sleep"
 
-        await eventually(parked, timeout=10)
+        await eventually(is_parked, timeout=10)
         run = await a.status()
         assert run.status == "running"
         assert run.worker_id is None and run.lease_until is None
@@ -181,3 +183,26 @@ async def test_many_sleepers_share_one_slot(ow: ow_es.OpenWorkflow) -> None:
     assert results == [0, 1, 2, 3, 4]
     # Five 0.6 s sleeps on one slot overlap: far less than 5 * 0.6 s.
     assert elapsed < 2.5
+
+
+async def test_parallel_waits_show_the_one_due_first(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="two-waits")
+    async def two_waits(ctx: ow_es.Context) -> Any:
+        return await asyncio.gather(
+            ctx.step.wait_for_signal("whenever"),  # never due by itself
+            ctx.step.sleep("nap", "400ms"),
+            ctx.step.wait_for_signal("soon", timeout="200ms"),
+        )
+
+    await ow.connect()
+    async with running_worker(ow, concurrency=2):
+        handle = await two_waits.start()
+        await eventually(lambda: parked(ow, handle.run_id, "signal", name="soon"))
+        # After the short wait times out (its step completes with None), the sleep is the one
+        # due first. A replay must not forget the sibling waits it does not reach first.
+        await eventually(lambda: parked(ow, handle.run_id, "sleep", step="nap"), timeout=3)
+        wf = (await handle.status()).waiting_for
+        assert wf is not None and "until" in wf
+        # A signal for the wait that is not the one shown is still delivered.
+        assert await ow.send_signal("whenever", "w") == [handle.run_id]
+        assert await handle.result(timeout=15) == ["w", None, None]

@@ -1,11 +1,16 @@
-"""Parallel steps with asyncio.gather: names by call order, deterministic replay."""
+"""Step names: parallel steps in a gather are named by call order and each replays its own
+result, generated names never collide with explicit ones, and every kind of step gets its
+default name and its StepAttempt row."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import ow_es
+from tests.support.runs import parked
+from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
 
@@ -119,3 +124,77 @@ async def test_gather_with_one_failing_step_retries_only_that_one(
         ("part:1", 3, "completed"),
         ("part:2", 1, "completed"),
     ]
+
+
+async def test_generated_step_names_never_collide_with_explicit_ones(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """`x`, then a step literally named `x:1`, then `x` again: three different steps, and
+    the replay (after the sleep) gives each its own recorded result."""
+    calls: list[str] = []
+
+    def make(value: str) -> Any:
+        def fn() -> str:
+            calls.append(value)
+            return value
+
+        return fn
+
+    @ow.workflow(name="name-clash")
+    async def name_clash(ctx: ow_es.Context) -> Any:
+        a = await ctx.step.run("x", make("a"))
+        b = await ctx.step.run("x:1", make("b"))
+        c = await ctx.step.run("x", make("c"))
+        await ctx.step.sleep("replay-me", "10ms")
+        return [a, b, c]
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await name_clash.start()
+        assert await handle.result(timeout=15) == ["a", "b", "c"]
+    assert sorted(calls) == ["a", "b", "c"]  # each ran once
+    steps = [s for s in await ow.store.step_attempts(handle.run_id) if s.kind == "function"]
+    assert len({s.step_name for s in steps}) == 3, [(s.step_name, s.attempt) for s in steps]
+    assert all(s.attempt == 1 for s in steps)
+
+
+async def test_step_attempt_kinds_and_default_names(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="kid-of-kinds")
+    async def kid(ctx: ow_es.Context) -> str:
+        return "kid"
+
+    @ow.workflow(name="all-kinds")
+    async def all_kinds(ctx: ow_es.Context) -> Any:
+        await ctx.step.run("fn", lambda: 1)
+        await ctx.step.sleep("nap", "10ms")
+        got = await ctx.step.wait_for_signal("approve", timeout="20s")
+        sent = await ctx.step.send_signal("done", {"ok": True})
+        child = await ctx.step.run_workflow(kid, None)
+        return [got, sent, child]
+
+    await ow.connect()
+    async with running_worker(ow, concurrency=2):
+        handle = await all_kinds.start()
+        await eventually(lambda: parked(ow, handle.run_id, "signal", name="approve"))
+        assert await ow.send_signal("approve", "yes") == [handle.run_id]
+        assert await handle.result(timeout=15) == ["yes", [], "kid"]
+    steps = {s.step_name: s for s in await ow.store.step_attempts(handle.run_id)}
+    assert {name: s.kind for name, s in steps.items()} == {
+        "fn": "function",
+        "nap": "sleep",
+        "approve": "signal_wait",
+        "send:done": "signal_send",
+        "child:kid-of-kinds": "workflow",
+    }
+    (child,) = await ow.store.list_children(handle.run_id)
+    for name, step in steps.items():
+        assert (step.attempt, step.status, step.error) == (1, "completed", None), name
+        assert step.started_at is not None and step.finished_at is not None, name
+        assert step.started_at <= step.finished_at, name
+        assert step.child_run_id == (child.id if step.kind == "workflow" else None), name
+    assert steps["approve"].output == "yes"
+    assert steps["send:done"].output == []
+    assert steps["child:kid-of-kinds"].output == "kid"
+    # The rows the inline projection wrote are the rows the log folds to.
+    final = await ow.state_at(handle.run_id, (await handle.status()).seq)
+    assert final.steps == await ow.store.step_attempts(handle.run_id)
