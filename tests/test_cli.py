@@ -300,6 +300,7 @@ async def sigterm(worker: Process, within: float = 15) -> str:
     return worker.stderr()
 
 
+@pytest.mark.slow
 async def test_worker_serves_module_attr_and_stops_on_sigterm(
     make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
@@ -317,6 +318,7 @@ async def test_worker_serves_module_attr_and_stops_on_sigterm(
     assert "SIGTERM: stopping" in stderr and "stopped" in stderr
 
 
+@pytest.mark.slow
 async def test_worker_serves_every_workflow_of_a_module(
     make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
@@ -353,6 +355,7 @@ async def test_worker_serves_every_workflow_of_a_module(
     await sigterm(proc)
 
 
+@pytest.mark.slow
 async def test_worker_target_from_pyproject(
     make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
@@ -397,6 +400,7 @@ SLOW_APP = """
 """
 
 
+@pytest.mark.slow
 async def test_sigterm_lets_an_in_flight_run_finish(
     make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
 ) -> None:
@@ -410,6 +414,7 @@ async def test_sigterm_lets_an_in_flight_run_finish(
     assert run.status == "completed" and run.output == "done"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workflow", ["slow", "slow_sync"])
 async def test_stop_timeout_releases_an_unfinished_run(
     make_client: ClientFactory,

@@ -44,6 +44,7 @@ async def pg_client(pg_db: dict[str, Any]) -> AsyncIterator[ow_es.OpenWorkflow]:
         await ow.close()
 
 
+@pytest.mark.slow
 async def test_dropped_connections_lose_nothing_and_append_nothing_twice(
     pg_client: ow_es.OpenWorkflow, pg_db: dict[str, Any], processes: Processes
 ) -> None:
@@ -106,6 +107,7 @@ async def _failures(ow: ow_es.OpenWorkflow) -> list[Any]:
     return [run.error for run in page.runs]
 
 
+@pytest.mark.slow
 async def test_listener_backoff_starts_over_after_a_healthy_reconnection(
     pg_db: dict[str, Any],
 ) -> None:

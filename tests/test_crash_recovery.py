@@ -32,6 +32,8 @@ from tests.support.processes import Processes
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
+pytestmark = pytest.mark.slow  # real worker processes
+
 
 async def test_sigkilled_worker_process_is_recovered(
     ow: ow_es.OpenWorkflow,

@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 import ow_es
@@ -238,6 +239,7 @@ def _commit_waits(fleet: Fleet, proc: Process) -> bool:
     )
 
 
+@pytest.mark.slow
 async def test_thawed_worker_writes_nothing_after_a_takeover(
     make_client: Any, db: dict[str, Any], processes: Processes
 ) -> None:
@@ -286,6 +288,7 @@ async def test_thawed_worker_writes_nothing_after_a_takeover(
     }, describe(events)
 
 
+@pytest.mark.slow
 async def test_thawed_worker_starts_no_new_step_after_a_takeover(
     pg_db: dict[str, Any], processes: Processes
 ) -> None:

@@ -11,6 +11,8 @@ import signal
 import time
 from typing import Any
 
+import pytest
+
 import ow_es
 from tests.support.auditors import (
     audit_attempts,
@@ -74,6 +76,7 @@ async def test_stopped_worker_releases_its_run_for_another(ow: ow_es.OpenWorkflo
 STOP_TIMEOUT = 1.5
 
 
+@pytest.mark.slow
 async def test_sigterm_finishes_or_releases_in_flight_runs_for_another_worker(
     make_client: Any, db: dict[str, Any], processes: Processes
 ) -> None:

@@ -104,6 +104,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_eight_processes_connecting_to_an_empty_schema_all_succeed(
     pg_url: str, processes: Processes
 ) -> None:

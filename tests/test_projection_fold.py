@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -30,6 +31,8 @@ from ow_es.models import WorkflowRun
 from ow_es.projections import fold_log
 from ow_es.store import Appended, AppendRequest, SignalSend
 from ow_es.store.codec import recorded_from_event
+
+pytestmark = pytest.mark.slow  # a long property search (a minute over both backends)
 
 WORKFLOW = ("wf", None)
 

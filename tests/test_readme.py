@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.support.processes import Processes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,7 @@ def test_quickstart_block_has_two_commands() -> None:
     assert "examples/quickstart.py" in commands[0] and "pytest" in commands[1]
 
 
+@pytest.mark.slow
 async def test_quickstart_example_runs_on_embedded_sqlite(
     tmp_path: Path, processes: Processes
 ) -> None:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 import ow_es
 from ow_es.durations import utcnow
@@ -209,6 +210,7 @@ async def _cli(processes: Processes, db: dict[str, Any], *args: str) -> Process:
     return await processes.run_ow_es("reproject", *args, *db_args(db))
 
 
+@pytest.mark.slow
 async def test_cli_verify_and_dry_run_on_corrupted_step_rows(
     ow: ow_es.OpenWorkflow, db: dict[str, Any], processes: Processes
 ) -> None:
@@ -319,6 +321,7 @@ async def test_reproject_while_signals_are_delivered(make_client: Any, db: dict[
     assert (await admin.reproject(verify=True)).differences == []
 
 
+@pytest.mark.slow
 async def test_reproject_swaps_during_kills_and_cancels_lose_nothing(
     make_client: Any, db: dict[str, Any], processes: Processes
 ) -> None:
