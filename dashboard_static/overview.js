@@ -16,11 +16,16 @@ export async function overviewPage(root, signal) {
     replace(body, render(counts, stats));
   };
   await refresh();
+  // Counts are shared by the server for up to 2 s: refresh soon after events, and once
+  // more when they have settled.
+  let trailing = null;
   const stop = onEvent(() => {
     if (timer === null) timer = setTimeout(() => { timer = null; refresh().catch(() => {}); }, 1000);
+    clearTimeout(trailing);
+    trailing = setTimeout(() => refresh().catch(() => {}), 3000);
   });
   const every = setInterval(() => refresh().catch(() => {}), 15000);
-  signal.addEventListener("abort", () => { stop(); clearInterval(every); clearTimeout(timer); });
+  signal.addEventListener("abort", () => { stop(); clearInterval(every); clearTimeout(timer); clearTimeout(trailing); });
 }
 
 function render(counts, stats) {

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ow_es.client import OpenWorkflow
+from ow_es.dashboard.cache import CountsCache
 from ow_es.dashboard.jsonio import ApiError, json_body, json_response, optional_str, required_str
 from ow_es.durations import to_datetime, utcnow
 from ow_es.errors import RunNotFound
@@ -19,6 +20,17 @@ from ow_es.models import RUN_STATUSES, WorkflowRun
 def client_of(request: Request) -> OpenWorkflow:
     client: OpenWorkflow = request.app.state.client
     return client
+
+
+async def counts_of(request: Request) -> dict[tuple[str, str], int]:
+    """Runs by (workflow, status), shared for a moment by every caller (see ``cache``)."""
+    cache: CountsCache = request.app.state.counts
+    return await cache.get(client_of(request))
+
+
+def changed(request: Request) -> None:
+    cache: CountsCache = request.app.state.counts
+    cache.invalidate()
 
 
 async def _run(client: OpenWorkflow, run_id: str) -> WorkflowRun:
@@ -97,7 +109,7 @@ async def run_state(request: Request) -> Response:
 
 async def counts(request: Request) -> Response:
     """Runs per status and per workflow and status; every status present, 0 included."""
-    by_pair = await client_of(request).store.count_runs()
+    by_pair = await counts_of(request)
     by_status: dict[str, int] = dict.fromkeys(RUN_STATUSES, 0)
     by_workflow: dict[str, dict[str, int]] = {}
     for (name, status), n in sorted(by_pair.items()):
@@ -166,6 +178,7 @@ async def start_run(request: Request) -> Response:
         available_at=_time(body, "available_at"),
         deadline_at=_time(body, "deadline_at"),
     )
+    changed(request)
     return json_response({"run": await _run(client, handle.run_id)})
 
 
@@ -177,6 +190,7 @@ async def cancel_run(request: Request) -> Response:
     client = client_of(request)
     run_id = request.path_params["run_id"]
     await client.cancel(run_id, cascade=cascade)
+    changed(request)
     return json_response({"run": await _run(client, run_id)})
 
 
@@ -185,6 +199,7 @@ async def resume_run(request: Request) -> Response:
     client = client_of(request)
     run_id = request.path_params["run_id"]
     await client.resume(run_id)
+    changed(request)
     return json_response({"run": await _run(client, run_id)})
 
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ow_es.client import OpenWorkflow
 from ow_es.dashboard import api
 from ow_es.dashboard.auth import AuthMiddleware
+from ow_es.dashboard.cache import CountsCache
 from ow_es.dashboard.jsonio import (
     ApiError,
     json_response,
@@ -102,5 +103,6 @@ def create_app(client: OpenWorkflow, *, token: str | None = None) -> Starlette:
         },
     )
     app.state.client = client
+    app.state.counts = CountsCache()
     app.state.stopping = asyncio.Event()  # set when the server stops: live streams end
     return app

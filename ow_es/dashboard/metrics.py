@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from ow_es.client import OpenWorkflow
 from ow_es.dashboard.api import client_of
+from ow_es.dashboard.cache import CountsCache
 from ow_es.models import RUN_STATUSES
 
 
@@ -30,11 +31,11 @@ class Snapshot(msgspec.Struct, kw_only=True):
     log_lag: float
 
 
-async def take_snapshot(client: OpenWorkflow) -> Snapshot:
+async def take_snapshot(client: OpenWorkflow, counts: CountsCache) -> Snapshot:
     store = client.store
     backlog = await store.ready_backlog()
     return Snapshot(
-        runs=await store.count_runs(),
+        runs=await counts.get(client),
         ready=backlog.ready,
         oldest_ready_age=backlog.oldest_age_seconds,
         unowned=await store.count_unowned(),
@@ -87,5 +88,5 @@ def render(snapshot: Snapshot) -> bytes:
 
 
 async def metrics(request: Request) -> Response:
-    snapshot = await take_snapshot(client_of(request))
+    snapshot = await take_snapshot(client_of(request), request.app.state.counts)
     return Response(render(snapshot), media_type=CONTENT_TYPE_LATEST)
