@@ -217,7 +217,8 @@ async def test_child_signals_its_parent(ow: ow_es.OpenWorkflow) -> None:
 async def test_cancel_without_cascade_leaves_children_running(ow: ow_es.OpenWorkflow) -> None:
     @ow.workflow(name="gated-kid")
     async def gated_kid(ctx: ow_es.Context) -> str:
-        return await ctx.step.wait_for_signal("kid-go", timeout="20s")
+        got: str = await ctx.step.wait_for_signal("kid-go", timeout="20s")
+        return got
 
     @ow.workflow(name="lone-parent")
     async def lone_parent(ctx: ow_es.Context) -> Any:

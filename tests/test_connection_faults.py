@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 import ow_es
+from ow_es.store.postgres.wake import PostgresWakeChannel
 from tests.support.auditors import (
     audit_attempts,
     audit_executions,
@@ -136,6 +137,7 @@ async def test_listener_backoff_starts_over_after_a_healthy_reconnection(
     try:
         await ow.connect()
         wake = ow.store.wake_channel()
+        assert isinstance(wake, PostgresWakeChannel)  # whose ``connected`` the test watches
         # A long fallback poll: only the listener can start a run quickly.
         async with running_worker(ow, poll_interval="30s"):
             assert await (await echo.start(0)).result(timeout=10) == 0

@@ -22,6 +22,7 @@ import ow_es
 from ow_es import Context, RetryPolicy
 from ow_es.dashboard import create_app
 from ow_es.dashboard.server import make_server
+from tests.support.databases import ClientFactory
 
 STATUSES = ["pending", "running", "completed", "failed", "canceled"]
 
@@ -151,7 +152,9 @@ async def test_counts_hold_every_status_with_zeros(make_client: Any) -> None:
         await eventually(counted, timeout=5)
 
 
-async def test_run_detail_events_state_children_and_failed_attempts(make_client: Any) -> None:
+async def test_run_detail_events_state_children_and_failed_attempts(
+    make_client: ClientFactory,
+) -> None:
     ow = await make_client()
 
     @ow.workflow(name="child")
@@ -255,7 +258,7 @@ async def test_start_validates_and_is_idempotent(make_client: Any) -> None:
         assert (await ow.list_runs()).runs[0].id == later.json()["run"]["id"]  # nothing else
 
 
-async def test_cancel_resume_and_signal(make_client: Any) -> None:
+async def test_cancel_resume_and_signal(make_client: ClientFactory) -> None:
     ow = await make_client()
 
     @ow.workflow(name="waits")
@@ -374,7 +377,7 @@ async def test_stream_starts_at_the_tail_and_resumes_after_last_event_id(make_cl
         assert bad.status_code == 422 and "error" in bad.json()
 
 
-async def test_stream_delivers_step_events_of_a_worker(make_client: Any) -> None:
+async def test_stream_delivers_step_events_of_a_worker(make_client: ClientFactory) -> None:
     ow = await make_client()
 
     @ow.workflow(name="stepper")

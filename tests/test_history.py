@@ -176,7 +176,8 @@ async def test_waiting_for_shapes_in_history_and_state_at(ow: ow_es.OpenWorkflow
 
     @ow.workflow(name="shape-kid")
     async def shape_kid(ctx: ow_es.Context) -> str:
-        return await ctx.step.wait_for_signal("kid-go", timeout="20s")
+        got: str = await ctx.step.wait_for_signal("kid-go", timeout="20s")
+        return got
 
     @ow.workflow(name="shapes")
     async def shapes(ctx: ow_es.Context) -> Any:

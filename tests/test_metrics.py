@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import ow_es
 from ow_es import Context, RetryPolicy
+from tests.support.databases import ClientFactory
 from tests.test_dashboard_api import running_worker, serve_dashboard
 
 STATUSES = ["pending", "running", "completed", "failed", "canceled"]
@@ -32,7 +33,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-async def test_dashboard_gauges_after_a_known_workload(make_client: Any) -> None:
+async def test_dashboard_gauges_after_a_known_workload(make_client: ClientFactory) -> None:
     ow = await make_client()
 
     @ow.workflow(name="alpha", retry=RetryPolicy(maximum_attempts=1))

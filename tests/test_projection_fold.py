@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,7 +109,7 @@ class ProjectionMachine(RuleBasedStateMachine):
         in short random sequences); the random rules go on from there."""
         self.create_runs(4, keyed=False, deadline=True)  # the first is past its deadline
         self.create_runs(4, keyed=True, deadline=False)
-        for action in (
+        tour: tuple[Callable[[], object], ...] = (
             lambda: self.claim(8),  # run_claimed, and run_failed for the deadline
             lambda: self.steps([(0, 0, "started", False), (1, 1, "completed", False)]),
             lambda: self.steps([(2, 2, "failed", True)], "current"),
@@ -120,7 +121,8 @@ class ProjectionMachine(RuleBasedStateMachine):
             lambda: self.finish(0, "complete", "current"),
             lambda: self.finish(0, "release"),
             lambda: self.resume_or_wake(0),
-        ):
+        )
+        for action in tour:
             action()
             self.rows = self._live_rows()
 
@@ -366,7 +368,7 @@ def _run_machine(url: str, schema: str | None) -> None:
     ProjectionMachine.url = url
     ProjectionMachine.schema = schema
     ProjectionMachine.exercised = set()
-    run_state_machine_as_test(
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]  # untyped in hypothesis
         ProjectionMachine,
         settings=settings(
             max_examples=100,

@@ -29,7 +29,7 @@ async def test_step_values_are_identical_on_first_run_and_replay(
             calls.append("card")
             return Card("4242", 500)
 
-        async def pair():  # type: ignore[no-untyped-def]  # unannotated on purpose
+        async def pair():  # unannotated on purpose
             calls.append("pair")
             return (1, "two")
 

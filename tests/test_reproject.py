@@ -8,6 +8,7 @@ import asyncio
 import random
 import sqlite3
 import time
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from tests.support.auditors import (
     statuses,
 )
 from tests.support.cli import ainvoke, assert_one_line_error, db_args, ok
+from tests.support.databases import ClientFactory
 from tests.support.fleet import Fleet
 from tests.support.processes import Process, Processes
 from tests.support.runs import event_types, parked
@@ -76,11 +78,11 @@ async def test_verify_names_a_corrupted_row_and_reproject_repairs_it(
     assert any(victim in d and "status" in d and "attempts" in d for d in described)
     assert any(handles[3].run_id in d and "output" in d for d in described)
     assert not report.swapped
-    assert (await ow.store.get_run(victim)).status == "failed"  # verify changes nothing
+    assert (await (await ow.get_handle(victim)).status()).status == "failed"  # verify wrote nothing
 
     swapped = await ow.reproject()
     assert swapped.swapped and swapped.events == report.events
-    assert (await ow.store.get_run(victim)).status == "completed"
+    assert (await (await ow.get_handle(victim)).status()).status == "completed"
     assert (await ow.reproject(verify=True)).differences == []
     assert _sql(db, "SELECT status FROM workflow_runs_previous WHERE id = %s", (victim,)) == [
         ("failed",)
@@ -267,7 +269,9 @@ async def test_cli_verify_and_dry_run_on_corrupted_step_rows(
     assert again.returncode == 0 and "0 row(s) differ" in again.stdout(), again.stdout()
 
 
-async def test_reproject_while_signals_are_delivered(make_client: Any, db: dict[str, Any]) -> None:
+async def test_reproject_while_signals_are_delivered(
+    make_client: ClientFactory, db: dict[str, Any]
+) -> None:
     ow = await make_client()
 
     @ow.workflow(name="relay")
@@ -283,14 +287,14 @@ async def test_reproject_while_signals_are_delivered(make_client: Any, db: dict[
     async with running_worker(ow, concurrency=10, lease="5s", heartbeat="300ms"):
         handles = [await relay.start(i) for i in range(count)]
         for i, handle in enumerate(handles):
-            await eventually(lambda h=handle, i=i: parked(ow, h.run_id, "signal", name=f"s-{i}"))
+            await eventually(partial(parked, ow, handle.run_id, "signal", name=f"s-{i}"))
 
         async def send_all(prefix: str) -> list[list[str]]:
             delivered = []
             for i in range(count):
                 if prefix == "t":
                     await eventually(
-                        lambda i=i: parked(ow, handles[i].run_id, "signal", name=f"t-{i}")
+                        partial(parked, ow, handles[i].run_id, "signal", name=f"t-{i}")
                     )
                 delivered.append(await admin.send_signal(f"{prefix}-{i}", f"{prefix}{i}"))
                 await asyncio.sleep(0)

@@ -62,7 +62,7 @@ async def test_result_returns_output_and_raises_workflow_failed(ow: ow_es.OpenWo
     assert info.value.run_id == bad.run_id
     assert info.value.error_type == "ValueError"
     assert info.value.error_message == "kaboom 42"
-    assert "kaboom 42" in info.value.error["traceback"]
+    assert "kaboom 42" in str(info.value.error["traceback"])
     assert isinstance(info.value, ow_es.OwEsError)
 
 

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,10 @@ from tests.support.workers import running_worker
 FAST = ow_es.RetryPolicy(initial_interval="1ms", maximum_interval="1ms")
 
 
-def _fast(attempts: int, **options: object) -> ow_es.RetryPolicy:
+def _fast(attempts: int, **options: Any) -> ow_es.RetryPolicy:
     return ow_es.RetryPolicy(
         initial_interval="1ms", maximum_interval="1ms", maximum_attempts=attempts, **options
-    )  # type: ignore[arg-type]
+    )
 
 
 async def test_only_the_failed_step_reruns(ow: ow_es.OpenWorkflow) -> None:

@@ -4,6 +4,7 @@ waits, idempotency keys, namespaces, concurrent senders and payload limits."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import pytest
@@ -67,7 +68,7 @@ async def test_signal_reaches_every_waiter_once_and_nobody_else(ow: ow_es.OpenWo
         runs = [await waiter.start() for _ in range(3)]
         canceled = await waiter.start()
         for handle in [*runs, canceled]:
-            await eventually(lambda h=handle: _waiting(ow, h.run_id, "go"))
+            await eventually(partial(_waiting, ow, handle.run_id, "go"))
         await canceled.cancel()
         delivered = await ow.send_signal("go", "hello")
         assert sorted(delivered) == sorted(h.run_id for h in runs)
@@ -193,7 +194,7 @@ async def test_custom_and_repeated_wait_names(ow: ow_es.OpenWorkflow) -> None:
     async with running_worker(ow):
         handle = await named_waits.start()
         for step, value in (("approval", 1), ("approval:1", 2), ("go:1", 3)):
-            await eventually(lambda s=step: _open_wait(ow, handle.run_id, s))
+            await eventually(partial(_open_wait, ow, handle.run_id, step))
             await eventually(lambda: parked(ow, handle.run_id, "signal", name="go"))
             assert await ow.send_signal("go", value) == [handle.run_id]
         assert await handle.result(timeout=15) == [1, 2, 3]
@@ -302,7 +303,7 @@ async def test_concurrent_sends_reach_one_waiter_once(make_client: ClientFactory
     async with running_worker(ow, concurrency=20):
         handles = [await race_waiter.start() for _ in range(20)]
         for handle in handles:
-            await eventually(lambda h=handle: parked(ow, h.run_id, "signal", name="race"))
+            await eventually(partial(parked, ow, handle.run_id, "signal", name="race"))
         results = await asyncio.gather(*(s.send_signal("race", i) for i, s in enumerate(senders)))
         reached = [run_id for ids in results for run_id in ids]
         assert sorted(reached) == sorted(h.run_id for h in handles), results
@@ -329,7 +330,7 @@ async def test_concurrent_sends_with_one_idempotency_key(make_client: ClientFact
     async with running_worker(ow, concurrency=10):
         handles = [await key_waiter.start() for _ in range(10)]
         for handle in handles:
-            await eventually(lambda h=handle: parked(ow, h.run_id, "signal", name="keyed"))
+            await eventually(partial(parked, ow, handle.run_id, "signal", name="keyed"))
         results = await asyncio.gather(
             *(s.send_signal("keyed", i, idempotency_key="same") for i, s in enumerate(senders)),
             return_exceptions=True,

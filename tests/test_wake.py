@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
 
 import psycopg
 
 import ow_es
 from ow_es.store.postgres.wake import Channels
+from tests.support.databases import ClientFactory
 from tests.support.workers import running_worker
 
 
@@ -54,7 +54,7 @@ async def _reconnect_scenario(ow: ow_es.OpenWorkflow, url: str, schema: str) -> 
 
 
 async def test_a_thousand_result_waiters_hold_no_pool_connection(
-    make_client: Any,
+    make_client: ClientFactory,
 ) -> None:
     ow = await make_client(pool_size=4)
 

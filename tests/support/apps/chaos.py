@@ -118,6 +118,9 @@ async def relay(ctx: ow_es.Context, n: int) -> list[int]:
         return n * 3
 
     one = await ctx.step.run("a", a)
-    two = await ctx.step.run("b", b_sync if n == 1 else b)
+    if n == 1:
+        two = await ctx.step.run("b", b_sync)
+    else:
+        two = await ctx.step.run("b", b)
     three = await ctx.step.run("c", c)
     return [one, two, three]
