@@ -5,7 +5,6 @@ lease and thawed after another took its run over writes nothing and starts no ne
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from typing import Any
 
@@ -262,7 +261,7 @@ async def test_thawed_worker_writes_nothing_after_a_takeover(
         second = fleet.spawn(concurrency=2, env={"CHAOS_B_SECONDS": "1.0"})
         await eventually(lambda: _claimed_by(ow, run_id, second), 20, "takeover")
         (fleet.state / "open-b-0").touch()  # the frozen "b" can finish as soon as it thaws
-        os.kill(first.pid, signal.SIGCONT)
+        first.send(signal.SIGCONT)
         assert await handle.result(timeout=30) == [0, 0, 0]
         # The thawed worker notices it lost the run (heartbeat or fenced append) and drops it.
         await eventually(lambda: any(m in first.text() for m in DROPPED), 10, "first dropped it")
@@ -333,7 +332,7 @@ async def test_thawed_worker_starts_no_new_step_after_a_takeover(
             10,
             "the commit of a's completion waits",
         )
-        os.kill(first.pid, signal.SIGSTOP)  # its commit is sent; only the reply is pending
+        first.send(signal.SIGSTOP)  # its commit is sent; only the reply is pending
         admin.execute("SELECT pg_advisory_unlock(%s)", [HOLD_KEY])
         await eventually(
             lambda: _history_has(ow, run_id, "step_completed", step_name="a"),
@@ -342,7 +341,7 @@ async def test_thawed_worker_starts_no_new_step_after_a_takeover(
         )
         second = fleet.spawn(concurrency=2)
         assert await handle.result(timeout=30) == [0, 0, 0]
-        os.kill(first.pid, signal.SIGCONT)
+        first.send(signal.SIGCONT)
         await eventually(lambda: any(m in first.text() for m in DROPPED), 10, "first dropped it")
         events = await ow.history(run_id)
     finally:

@@ -6,7 +6,6 @@ stuck in a sync step's thread, which the process does not wait for)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from typing import Any
@@ -108,7 +107,7 @@ async def test_sigterm_finishes_or_releases_in_flight_runs_for_another_worker(
         second = fleet.spawn(concurrency=4, lease="30s", heartbeat="1s")
         await fleet.ready(second)
         stopped_at = time.monotonic()
-        os.kill(first.pid, signal.SIGTERM)
+        first.send(signal.SIGTERM)
         for n in (0, 2):  # these can finish within the stop timeout
             (fleet.state / f"open-b-{n}").touch()
 

@@ -110,11 +110,11 @@ class Fleet:
         """SIGSTOP ``worker`` at a moment it holds no database transaction open (a frozen open
         transaction would hold row locks, or SQLite's write lock, and block everyone)."""
         for _ in range(100):
-            worker.signal(signal.SIGSTOP)
+            worker.send(signal.SIGSTOP)
             await asyncio.sleep(0.05)
             if not self._holds_transaction(worker):
                 return
-            worker.signal(signal.SIGCONT)
+            worker.send(signal.SIGCONT)
             await asyncio.sleep(0.03)
         raise AssertionError("could not pause the worker outside a transaction")
 

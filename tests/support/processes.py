@@ -65,7 +65,8 @@ class Process:
         """Everything it printed, stdout then stderr."""
         return self.stdout() + self.stderr()
 
-    def signal(self, signum: int) -> None:
+    def send(self, signum: int) -> None:
+        """Send it a signal (SIGSTOP, SIGCONT, SIGTERM...)."""
         os.kill(self.pid, signum)
 
     def kill(self) -> None:
@@ -82,7 +83,7 @@ class Process:
     async def stop(self, timeout: float = 15) -> int:
         """SIGTERM (after a SIGCONT, should it be stopped), then wait for it to exit."""
         if self.alive():
-            self.signal(signal.SIGCONT)
+            self.send(signal.SIGCONT)
             self.popen.terminate()
         return await self.exited(timeout)
 
@@ -164,7 +165,7 @@ class Processes:
         """SIGTERM every live process, wait for all of them, SIGKILL stragglers; the exit
         status of each by pid (``-9`` for those that had to be killed)."""
         for process in self.live():
-            process.signal(signal.SIGCONT)
+            process.send(signal.SIGCONT)
             process.popen.terminate()
         deadline = time.monotonic() + timeout
         codes: dict[int, int | None] = {}
@@ -179,7 +180,7 @@ class Processes:
     def close(self) -> None:
         for process in self.started:
             if process.alive():
-                process.signal(signal.SIGCONT)
+                process.send(signal.SIGCONT)
                 process.kill()
 
 
