@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 from ow_es import config
 from ow_es import events as ev
@@ -14,16 +14,18 @@ from ow_es.durations import Duration, to_datetime, utcnow
 from ow_es.errors import ConfigError, RunNotFound, ValidationError
 from ow_es.handle import RunHandle
 from ow_es.models import RUN_STATUSES, Event, RunPage, RunState
-from ow_es.payload import to_json_value
+from ow_es.payload import check_name, to_json_value
 from ow_es.projections import fold_run
 from ow_es.reproject import Report, rebuild
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.runtime.worker import Worker, WorkerOptions
 from ow_es.store import Appended, AppendRequest, Store, make_store
 from ow_es.store.codec import current_shape, recorded_from_event
+from ow_es.transient import retrying
 from ow_es.workflow import Workflow, WorkflowFn
 
 TimeLike = datetime | Duration
+T = TypeVar("T")
 
 
 class OpenWorkflow:
@@ -39,6 +41,7 @@ class OpenWorkflow:
         max_payload_bytes: int = config.DEFAULT_MAX_PAYLOAD_BYTES,
         migrate: bool = True,
         pool_size: int = 10,
+        retry_seconds: float = 10.0,
     ) -> None:
         self.url = url
         self.namespace = namespace
@@ -46,6 +49,7 @@ class OpenWorkflow:
         self.max_payload_bytes = max_payload_bytes
         self.migrate = migrate
         self.pool_size = pool_size
+        self.retry_seconds = retry_seconds  # how long start/cancel/send_signal ride out outages
         self.settings: config.Settings | None = None
         self._store: Store | None = None
         self._workflows: dict[tuple[str, str | None], Workflow[Any]] = {}
@@ -119,6 +123,14 @@ class OpenWorkflow:
     def registered(self, name: str, version: str | None) -> Workflow[Any] | None:
         return self._workflows.get((name, version))
 
+    def _registered_by_name(self, name: str, version: str | None) -> Workflow[Any] | None:
+        """The definition a start by name means: the one registered with that name and
+        version, or, without a version, the only version of that name registered here."""
+        if version is not None:
+            return self._workflows.get((name, version))
+        found = [w for (n, _), w in self._workflows.items() if n == name]
+        return found[0] if len(found) == 1 else None
+
     def registered_keys(self) -> list[tuple[str, str | None]]:
         return list(self._workflows)
 
@@ -145,15 +157,15 @@ class OpenWorkflow:
         """Start a run of ``workflow`` (a definition or a name). With ``idempotency_key``, the
         existing run of that workflow and key is returned instead, whatever its status."""
         spec = workflow if isinstance(workflow, Workflow) else None
-        name = spec.name if spec is not None else workflow
-        if not isinstance(name, str) or not name:
-            raise ValidationError("workflow name must be a non-empty string")
+        name = check_name(spec.name if spec is not None else workflow, "workflow name")
+        if spec is None:
+            spec = self._registered_by_name(name, version)
         if version is None and spec is not None:
             version = spec.version
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise ValidationError("idempotency_key must be a non-empty string")
+        if version is not None:
+            check_name(version, "workflow version")
+        if idempotency_key is not None:
+            check_name(idempotency_key, "idempotency_key")
         schema = spec.input_type if spec is not None and spec.takes_input else Any
         value = to_json_value(input, "input", self.max_payload_bytes, schema)
         now = utcnow()
@@ -175,7 +187,8 @@ class OpenWorkflow:
                 )
             ],
         )
-        (outcome,) = await self.store.append([request])
+        # Sent again after a lost reply, the same request (same run id) finds its own run.
+        (outcome,) = await self._retrying("starting a run", lambda: self.store.append([request]))
         if not isinstance(outcome, Appended):
             raise outcome
         return RunHandle(self, outcome.run.id, outcome.run.workflow_name, spec)
@@ -225,7 +238,9 @@ class OpenWorkflow:
     async def cancel(self, run_id: str, *, cascade: bool = True) -> None:
         """Cancel a pending or running run (and its children); again on a canceled run it does
         nothing; on a completed or failed run it raises InvalidTransition."""
-        await self.store.cancel(run_id, cascade=cascade)
+        await self._retrying(
+            "canceling a run", lambda: self.store.cancel(run_id, cascade=cascade)
+        )  # canceling again is a no-op: safe to repeat
 
     async def resume(self, run_id: str) -> RunHandle:
         """A failed run goes on from its failed step; completed steps are not re-run."""
@@ -250,10 +265,18 @@ class OpenWorkflow:
         self, signal: str, data: Any = None, *, idempotency_key: str | None = None
     ) -> list[str]:
         """Deliver ``signal`` to every run waiting on it; returns their ids ([] if none)."""
-        if not isinstance(signal, str) or not signal:
-            raise ValidationError("signal name must be a non-empty string")
+        check_name(signal, "signal name")
+        if idempotency_key is not None:
+            check_name(idempotency_key, "idempotency_key")
         value = to_json_value(data, f"signal {signal!r} data", self.max_payload_bytes)
-        return await self.store.send_signal(signal, value, idempotency_key)
+        # A send without a key gets one, so a repeat after a lost reply delivers nothing twice.
+        key = idempotency_key or f"ow-es:{uuid.uuid4().hex}"
+        return await self._retrying(
+            "sending a signal", lambda: self.store.send_signal(signal, value, key)
+        )
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(what, op, seconds=self.retry_seconds)
 
 
 async def connect(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,7 @@ Duration = str | int | float | timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+MAX_SECONDS = 10 * 365 * 86400.0  # ten years: longer is a mistake, not a plan
 
 
 def to_seconds(value: Duration, what: str = "duration") -> float:
@@ -28,8 +30,12 @@ def to_seconds(value: Duration, what: str = "duration") -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     else:
         raise ValueError(f"{what}: expected a duration like '30s', got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{what}: must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"{what}: must not be negative, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{what}: {value!r} is longer than ten years")
     return seconds
 
 

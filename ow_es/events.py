@@ -115,11 +115,13 @@ class RunWoken(EventData, kw_only=True):
 
 
 class RunReleased(EventData, kw_only=True):
-    """A worker gave the run back (shutdown, or it saw a newer history); ready at once."""
+    """A worker gave the run back (shutdown, a newer history, its executor crashed); ready at
+    once. ``error`` is set when the executor crashed."""
 
     TYPE = "run_released"
     worker_id: str
     reason: str
+    error: dict[str, Any] | None = None
 
 
 class SignalSent(EventData, kw_only=True):

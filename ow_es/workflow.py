@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ow_es.payload import check_name
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ class Workflow(Generic[R]):
     client: OpenWorkflow | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.name or not isinstance(self.name, str):
-            raise ValueError("a workflow needs a non-empty name")
+        check_name(self.name, "workflow name")
+        if self.version is not None:
+            check_name(self.version, "workflow version")
         if not inspect.iscoroutinefunction(self.fn):
             raise TypeError(f"workflow {self.name!r} must be an async function")
         if self.max_step_attempts < 1:

@@ -179,7 +179,9 @@ async def test_claim_only_takes_the_requested_workflows(ow: ow_es.OpenWorkflow) 
         assert (await handle.status()).status == "pending"
 
 
-async def test_unregistered_version_stays_pending_untouched(ow: ow_es.OpenWorkflow) -> None:
+async def test_unregistered_version_stays_pending_untouched(
+    ow: ow_es.OpenWorkflow, make_client: ClientFactory
+) -> None:
     calls: list[str] = []
 
     @ow.workflow(name="versioned-wf", version="1")
@@ -188,8 +190,10 @@ async def test_unregistered_version_stays_pending_untouched(ow: ow_es.OpenWorkfl
         return "v1"
 
     await ow.connect()
-    foreign = await ow.start("versioned-wf", {"x": 1}, version="2")
-    unversioned = await ow.start("versioned-wf", {"x": 2})
+    producer = await make_client()  # knows the name only, not the definition
+    await producer.connect()
+    foreign = await producer.start("versioned-wf", {"x": 1}, version="2")
+    unversioned = await producer.start("versioned-wf", {"x": 2})
     async with running_worker(ow, concurrency=2):
         mine = await versioned.start()
         assert await mine.result(timeout=15) == "v1"
@@ -359,3 +363,22 @@ async def test_claims_stay_inside_their_namespace(make_client: ClientFactory) ->
     assert (await there.list_runs()).runs == []
     (run,) = await here.store.claim("w", KEYS, 10, 30)
     assert run.id == mine.run_id
+
+
+async def test_a_start_by_name_on_the_registering_client_uses_its_version_and_input_type(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """Without ``version=``, a start by name on a client that registered the workflow means
+    that definition: its version (so a worker serves it) and its input validation."""
+
+    @ow.workflow(name="typed-wf", version="2")
+    async def typed(ctx: ow_es.Context, count: int) -> int:
+        return count + 1
+
+    await ow.connect()
+    with pytest.raises(ow_es.ValidationError, match="input"):
+        await ow.start("typed-wf", "not a number")
+    handle = await ow.start("typed-wf", 41)
+    assert (await handle.status()).version == "2"
+    async with running_worker(ow):
+        assert await handle.result(timeout=15) == 42

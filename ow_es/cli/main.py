@@ -13,6 +13,7 @@ import click
 from ow_es import __version__
 from ow_es.cli.app import configured_target, label, load_app, project_settings
 from ow_es.cli.common import CliError, Connection, Group, connection_options, one_line
+from ow_es.cli.dashboard import dashboard
 from ow_es.cli.reproject import reproject
 from ow_es.cli.runs import runs
 from ow_es.cli.worker import worker
@@ -52,6 +53,7 @@ def main(ctx: click.Context) -> None:
 main.add_command(worker)
 main.add_command(runs)
 main.add_command(reproject)
+main.add_command(dashboard)
 
 
 @main.command(short_help="Apply (or list) pending schema migrations.")
@@ -136,7 +138,7 @@ async def _diagnose(checks: Checks, client: OpenWorkflow) -> None:
         where = client.settings.describe() if client.settings is not None else "?"
         checks.ok("connection", where)
         version = await client.store.schema_version()
-        latest = latest_version(client.store.backend)
+        latest = latest_version(client.store.dialect)
         if version == latest:
             checks.ok("schema", f"version {version} (latest)")
         else:

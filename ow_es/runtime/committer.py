@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ow_es.errors import ValidationError
 from ow_es.store import AppendRequest, Outcome, Store
 
 
@@ -33,15 +34,28 @@ class GroupCommitter:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                try:
-                    outcomes = await self._store.append([request for request, _ in batch])
-                except Exception as exc:  # the whole batch shares the transaction's fate
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if not future.done():
-                        future.set_result(outcome)
+                await self._flush(batch)
         finally:
             self._flusher = None
+
+    async def _flush(self, batch: list[tuple[AppendRequest, asyncio.Future[Outcome]]]) -> None:
+        try:
+            outcomes = await self._store.append([request for request, _ in batch])
+        except ValidationError as exc:
+            if len(batch) > 1:
+                # One member's data was refused: the others must not fail with it. Alone,
+                # each meets its own fate.
+                for item in batch:
+                    await self._flush([item])
+                return
+            failure: Exception = exc
+        except Exception as exc:  # the whole batch shares the transaction's fate
+            failure = exc
+        else:
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(failure)

@@ -19,7 +19,7 @@ from ow_es.errors import (
     ValidationError,
 )
 from ow_es.models import WorkflowRun
-from ow_es.payload import error_info, from_json_value, to_json_value
+from ow_es.payload import check_name, error_info, from_json_value, to_json_value
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.context import Context, RunInfo, Steps
 from ow_es.runtime.history import History
@@ -41,6 +41,7 @@ class Settings:
     threads: Executor
     max_payload_bytes: int
     lease_seconds: float = 30.0
+    max_crashes: int = 5  # executor crashes in a row before the run is failed
 
 
 class Execution:
@@ -86,15 +87,15 @@ class Execution:
         return self.settings.max_payload_bytes
 
     @property
-    def max_step_attempts(self) -> int:
-        return self.workflow.max_step_attempts
-
-    @property
     def threads(self) -> Executor:
         return self.settings.threads
 
-    def exceed_step_limit(self) -> None:
-        self.limit_exceeded = True
+    def begin_attempt(self, name: str, attempt: int) -> None:
+        if self.history.function_attempts >= self.workflow.max_step_attempts:
+            self.limit_exceeded = True
+            raise StepLimitExceeded(f"step {name!r}: the run reached its step attempt limit")
+        self.history.function_attempts += 1
+        self.history.attempts[name] = attempt
 
     async def ensure_lease(self) -> None:
         """Before user code runs: if the lease may have lapsed, make sure the run is ours."""
@@ -116,15 +117,11 @@ class Execution:
 
     async def execute(self) -> None:
         try:
-            if self.run.seq == 2:  # created, then this claim: nothing to replay, skip a read
-                self.history = History(seq=2, claim_token=self.writer.token)
-            else:
-                events = await self.settings.store.read_run_events(self.run.id)
-                self.history = History.of(events)
-            if self.history.claim_token != self.writer.token:
-                log.warning("run %s: its history shows another claim; leaving it", self.run.id)
+            if not await self._load_history():
                 return
-            self.writer.seq = max(self.writer.seq, self.history.seq)
+            if self.history.crashes >= self.settings.max_crashes:
+                await self._fail_crashed()
+                return
             await self._close_abandoned_attempts()
             await self._run_to_end()
         except RunLost:
@@ -132,6 +129,38 @@ class Execution:
         except Stale:
             await self._wait_idle()  # let sibling steps record their results first
             await self._release("new events arrived while it ran")
+        except Exception as exc:  # a bug, or data that cannot be handled: never a silent hold
+            log.error("run %s: executor crashed", self.run.id, exc_info=exc)
+            await self._release("executor crashed", error=error_info(exc))
+
+    async def _load_history(self) -> bool:
+        """Read the run's history; False when the run is not ours to execute after all."""
+        if self.run.seq == 2:  # created, then this claim: nothing to replay, skip a read
+            self.history = History(seq=2, claim_token=self.writer.token)
+            return True
+        try:
+            events = await self.settings.store.read_run_events(self.run.id)
+        except StoreUnavailable as exc:
+            log.warning("run %s: cannot read its history (%s); releasing it", self.run.id, exc)
+            await self._release("its history could not be read")
+            return False
+        self.history = History.of(events)
+        if self.history.claim_token != self.writer.token:
+            log.warning("run %s: its history shows another claim; leaving it", self.run.id)
+            return False
+        self.writer.seq = max(self.writer.seq, self.history.seq)
+        return True
+
+    async def _fail_crashed(self) -> None:
+        """The executor crashed on this run too often in a row: fail it, not reclaim it."""
+        last = self.history.last_crash or {}
+        error = {
+            "type": "ExecutorCrashed",
+            "message": f"the executor crashed {self.history.crashes} times in a row; last:"
+            f" {last.get('type')}: {last.get('message')}",
+            "traceback": str(last.get("traceback") or ""),
+        }
+        await self.append([self._failed_event(error)])
 
     async def _close_abandoned_attempts(self) -> None:
         """Attempts a lost worker left running are recorded as failed (not counted against the
@@ -288,9 +317,10 @@ class Execution:
             )
         await self.append([data], expect=True)
 
-    async def _release(self, reason: str) -> None:
-        with contextlib.suppress(RunLost, Stale):
-            await self.append([ev.RunReleased(worker_id=self.settings.worker_id, reason=reason)])
+    async def _release(self, reason: str, error: dict[str, Any] | None = None) -> None:
+        released = ev.RunReleased(worker_id=self.worker_id, reason=reason, error=error)
+        with contextlib.suppress(RunLost, Stale, StoreUnavailable):
+            await self.append([released])
 
     async def release_after_stop(self) -> None:
         """The worker is stopping and this run did not finish in time: hand it back."""
@@ -303,8 +333,7 @@ class Execution:
     def unique_name(self, name: str) -> str:
         """Repeated names get ':1', ':2'... in call order, skipping any name already taken
         (also one given explicitly, such as 'x:1')."""
-        if not isinstance(name, str) or not name:
-            raise ValueError("a step needs a non-empty name")
+        check_name(name, "step name")
         unique = name
         count = self._names.get(name, 0)
         while unique in self._used:

@@ -27,6 +27,10 @@ class History:
     function_attempts: int = 0
     # Function step attempts started but never finished (their worker was lost mid-step).
     unfinished: dict[str, ev.StepStarted] = field(default_factory=dict)
+    # Claims in a row that ended with the executor crashing (a park, a plain release or a
+    # resume ends the row), and the last crash's error.
+    crashes: int = 0
+    last_crash: dict[str, object] | None = None
 
     @classmethod
     def of(cls, events: list[Event]) -> History:
@@ -60,12 +64,19 @@ class History:
             case ev.StepFailed():
                 self._failed(data)
             case ev.RetryScheduled():
+                self.crashes = 0
                 if data.step_name is None:
                     self._fresh_budgets()
                 else:
                     self.retry_until[data.step_name] = data.until
             case ev.RunResumed():
                 self._fresh_budgets()
+                self.crashes = 0
+            case ev.RunReleased():
+                self.crashes = self.crashes + 1 if data.error is not None else 0
+                self.last_crash = data.error or self.last_crash
+            case ev.RunSleeping() | ev.RunWaiting():
+                self.crashes = 0
             case ev.SignalReceived():
                 self.signals[data.step_name] = data
             case ev.ChildFinished():

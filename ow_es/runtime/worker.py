@@ -37,6 +37,7 @@ class WorkerOptions(TypedDict, total=False):
     poll_interval: Duration
     stop_timeout: Duration
     worker_id: str | None
+    max_crashes: int
 
 
 class Worker:
@@ -50,9 +51,13 @@ class Worker:
         poll_interval: Duration = "1s",
         stop_timeout: Duration = "30s",
         worker_id: str | None = None,
+        max_crashes: int = 5,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_crashes < 1:
+            raise ValueError("max_crashes must be at least 1")
+        self.max_crashes = max_crashes
         self.client = client
         self.concurrency = concurrency
         self.lease = to_seconds(lease, "lease")
@@ -89,6 +94,7 @@ class Worker:
             threads=self._threads,
             max_payload_bytes=self.client.max_payload_bytes,
             lease_seconds=self.lease,
+            max_crashes=self.max_crashes,
         )
         if handle_signals:
             self._install_signal_handlers()

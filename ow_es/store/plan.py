@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
+
 from ow_es import events as ev
 from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.projections import Recorded, apply_run, step_row
@@ -79,6 +81,45 @@ def fold(
     assert new is not None
     _note_transitions(plan, row, new, now)
     return new
+
+
+def naming_child(request: AppendRequest, child_id: str) -> AppendRequest:
+    """The request, its events naming ``child_id`` as the child they started."""
+    events = [
+        msgspec.structs.replace(e, child_run_id=child_id) if hasattr(e, "child_run_id") else e
+        for e in request.events
+    ]
+    return msgspec.structs.replace(request, events=events)
+
+
+def with_send(request: AppendRequest, delivered: list[str]) -> AppendRequest:
+    """The sender's record of a send: its step's output and a ``SignalSent`` event name the
+    runs the signal reached (known only inside the transaction)."""
+    assert request.signal is not None
+    send = request.signal
+    events: list[ev.EventData] = []
+    worker_id = None
+    for event in request.events:
+        if isinstance(event, ev.StepCompleted) and event.kind == "signal_send":
+            event = msgspec.structs.replace(event, output=delivered)
+        worker_id = getattr(event, "worker_id", None) or worker_id
+        events.append(event)
+    events.append(
+        ev.SignalSent(
+            step_name=send.step_name,
+            signal_name=send.signal_name,
+            data=send.data,
+            delivered_to=delivered,
+            idempotency_key=None,
+            worker_id=worker_id,
+        )
+    )
+    return AppendRequest(
+        run_id=request.run_id,
+        events=events,
+        claim_token=request.claim_token,
+        expected_seq=request.expected_seq,
+    )
 
 
 def _ready(row: WorkflowRun, now: datetime) -> bool:

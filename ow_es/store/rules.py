@@ -16,13 +16,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
-
 from ow_es import events as ev
 from ow_es.durations import utcnow
 from ow_es.errors import ConcurrencyError, InvalidTransition, RunNotFound, StaleRun
 from ow_es.models import WorkflowRun
-from ow_es.store.plan import Plan, fold, is_create, split_rounds
+from ow_es.store.plan import Plan, fold, is_create, naming_child, split_rounds, with_send
 from ow_es.store.port import (
     Adapter,
     Appended,
@@ -176,55 +174,17 @@ async def _compound(tx: Primitives, request: AppendRequest) -> Appended:
             raise _Rejected(created)
         child = created.run
         if child.id != request.child.run_id:  # its key was taken: record the run that has it
-            request = _naming_child(request, child.id)
+            request = naming_child(request, child.id)
     delivered: list[str] | None = None
     if request.signal is not None:
         send = request.signal
         delivered = await _deliver(tx, send.signal_name, send.data, None, skip=request.run_id)
-        request = _with_send(request, delivered)
+        request = with_send(request, delivered)
     (outcome,) = await apply(tx, [request])
     if not isinstance(outcome, Appended):
         raise _Rejected(outcome)  # rolls the child or the deliveries back with it
     outcome.child, outcome.delivered = child, delivered
     return outcome
-
-
-def _naming_child(request: AppendRequest, child_id: str) -> AppendRequest:
-    events = [
-        msgspec.structs.replace(e, child_run_id=child_id) if hasattr(e, "child_run_id") else e
-        for e in request.events
-    ]
-    return msgspec.structs.replace(request, events=events)
-
-
-def _with_send(request: AppendRequest, delivered: list[str]) -> AppendRequest:
-    """The sender's record of a send: its step's output and a ``SignalSent`` event name the
-    runs the signal reached (known only inside the transaction)."""
-    assert request.signal is not None
-    send = request.signal
-    events: list[ev.EventData] = []
-    worker_id = None
-    for event in request.events:
-        if isinstance(event, ev.StepCompleted) and event.kind == "signal_send":
-            event = msgspec.structs.replace(event, output=delivered)
-        worker_id = getattr(event, "worker_id", None) or worker_id
-        events.append(event)
-    events.append(
-        ev.SignalSent(
-            step_name=send.step_name,
-            signal_name=send.signal_name,
-            data=send.data,
-            delivered_to=delivered,
-            idempotency_key=None,
-            worker_id=worker_id,
-        )
-    )
-    return AppendRequest(
-        run_id=request.run_id,
-        events=events,
-        claim_token=request.claim_token,
-        expected_seq=request.expected_seq,
-    )
 
 
 async def apply(
@@ -297,11 +257,16 @@ async def _plan_round(
 
 
 async def _existing(tx: Primitives, request: AppendRequest) -> Outcome:
-    """The run that holds the idempotency key a create collided with."""
+    """The run a create collided with: the one holding its idempotency key, or the run with
+    its id (the same request, sent again after its first commit's reply was lost)."""
     data = request.events[0]
     assert isinstance(data, ev.RunCreated)
-    existing = await tx.find_by_key(data.workflow_name, data.idempotency_key)
+    existing = None
+    if data.idempotency_key is not None:
+        existing = await tx.find_by_key(data.workflow_name, data.idempotency_key)
     if existing is None:
+        existing = (await tx.lock_runs([request.run_id])).get(request.run_id)
+    if existing is None or existing.workflow_name != data.workflow_name:
         return ConcurrencyError(f"run id {request.run_id} is already taken")
     return Appended(run=existing, created=False)
 

@@ -9,7 +9,7 @@ from typing import Any
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import StepTimeout
-from ow_es.payload import error_info, from_json_value, to_json_value
+from ow_es.payload import check_name, error_info, from_json_value, to_json_value
 from ow_es.runtime.steps.host import StepHost
 from ow_es.runtime.unwind import Park, Stale, step_failed
 from ow_es.store.port import AppendRequest
@@ -26,7 +26,7 @@ async def run_child(
     name: str | None,
 ) -> Any:
     spec = workflow if isinstance(workflow, Workflow) else None
-    wf_name = spec.name if spec else str(workflow)
+    wf_name = spec.name if spec else check_name(workflow, "workflow name")
     version = version if version is not None else (spec.version if spec else None)
     output_type = spec.output_type if spec else Any
     name = ex.unique_name(name or f"child:{wf_name}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
-from ow_es.errors import StepLimitExceeded, StepTimeout
+from ow_es.errors import StepTimeout
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.retry import STEP_DEFAULT, RetryPolicy
 from ow_es.runtime.steps.host import StepHost
@@ -76,12 +76,8 @@ async def run_step(
         raise ex.parking(Park("retry", name, until, attempt=attempt))
     ex.check_active()  # replayed steps above may still answer; nothing new starts once parking
     await ex.ensure_lease()
-    if ex.history.function_attempts >= ex.max_step_attempts:
-        ex.exceed_step_limit()
-        raise StepLimitExceeded(f"step {name!r}: the run reached its step attempt limit")
-    ex.history.function_attempts += 1
+    ex.begin_attempt(name, attempt)  # raises StepLimitExceeded past the run's limit
     seconds = None if timeout is None else to_seconds(timeout, "timeout")
-    ex.history.attempts[name] = attempt
     policy = retry or STEP_DEFAULT
     return await ex.tracked(_attempt(ex, name, fn, policy, seconds, attempt, budget_used))
 
@@ -97,14 +93,16 @@ async def _attempt(
 ) -> Any:
     worker = ex.worker_id
     started = utcnow()
+    retryable = True
     try:
         result = await _call(ex, name, fn, timeout, attempt)
+        retryable = False  # a result that cannot be stored would fail the same way again
         value = to_json_value(result, f"step {name!r} result", ex.max_payload_bytes)
     except (Park, RunLost, Stale, asyncio.CancelledError):
         raise
     except Exception as exc:
         error = error_info(exc)
-        final = not policy.retryable(exc) or budget_used >= policy.maximum_attempts
+        final = not (retryable and policy.retryable(exc)) or budget_used >= policy.maximum_attempts
         await ex.append(
             [
                 ev.StepFailed(

@@ -35,9 +35,6 @@ class StepHost(Protocol):
     def max_payload_bytes(self) -> int: ...
 
     @property
-    def max_step_attempts(self) -> int: ...
-
-    @property
     def threads(self) -> Executor:
         """Where sync step functions run."""
         ...
@@ -54,8 +51,9 @@ class StepHost(Protocol):
         """Note that the run parks (sleep, wait, retry); the executor records the earliest."""
         ...
 
-    def exceed_step_limit(self) -> None:
-        """The run made more step attempts than it may: it fails once its steps settle."""
+    def begin_attempt(self, name: str, attempt: int) -> None:
+        """Count a new attempt of a function step; raises ``StepLimitExceeded`` (and the run
+        fails once its steps settle) when the run has made all it may."""
         ...
 
     async def tracked(self, work: Awaitable[T]) -> T:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
-from ow_es.payload import to_json_value
+from ow_es.payload import check_name, to_json_value
 from ow_es.runtime.steps.host import StepHost
 from ow_es.runtime.unwind import Park
 from ow_es.store import SignalSend
@@ -63,7 +63,7 @@ async def sleep(
 async def wait_for_signal(
     ex: StepHost, signal: str, *, timeout: Duration | None, name: str | None
 ) -> Any:
-    name = ex.unique_name(name or signal)
+    name = ex.unique_name(name or check_name(signal, "signal name"))
     completed = ex.history.completed.get(name)
     if completed is not None:
         return completed.output
@@ -116,7 +116,7 @@ async def wait_for_signal(
 
 
 async def send_signal(ex: StepHost, signal: str, data: Any, *, name: str | None) -> list[str]:
-    name = ex.unique_name(name or f"send:{signal}")
+    name = ex.unique_name(name or f"send:{check_name(signal, 'signal name')}")
     completed = ex.history.completed.get(name)
     if completed is not None:
         return list(completed.output or [])

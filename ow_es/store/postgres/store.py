@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -18,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ow_es.config import redact
 from ow_es.durations import utcnow
-from ow_es.errors import ConcurrencyError, StoreUnavailable
+from ow_es.errors import ConcurrencyError, SchemaMismatch, StoreUnavailable
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec
 from ow_es.store.failure import first_line
@@ -38,13 +40,19 @@ from ow_es.store.postgres.transaction import PostgresTransaction
 from ow_es.store.postgres.wake import Channels, PostgresWakeChannel
 from ow_es.store.rebuild_port import Rebuilder
 from ow_es.store.tables import TxTime
+from ow_es.transient import retrying, unavailable
 
 Q = load("postgres")
 T = TypeVar("T")
+log = logging.getLogger("ow_es.store")
 
 
 class _Retry(Exception):
     """A transaction lost a deadlock; it is run again from the start."""
+
+
+class NotCommitted(StoreUnavailable):
+    """The connection failed before the commit was sent: nothing was written."""
 
 
 def _lock_key(purpose: str, schema: str) -> int:
@@ -55,7 +63,15 @@ def _lock_key(purpose: str, schema: str) -> int:
 class PostgresStore:
     dialect = "postgres"
 
-    def __init__(self, url: str, namespace: str, schema: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        schema: str,
+        *,
+        pool_size: int = 10,
+        retry_seconds: float = 10.0,
+    ) -> None:
         self.url = url
         self.namespace = namespace
         self.schema = schema
@@ -65,6 +81,8 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._wake: PostgresWakeChannel | None = None
+        self._checking: asyncio.Future[None] | None = None
+        self.retry_seconds = retry_seconds  # how long transient failures are retried
         self.single = OneStatementAppends(self.connection, self.gate_key, self.channels)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -100,6 +118,9 @@ class PostgresStore:
         return await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
 
     async def close(self) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
+            self._checking = None
         if self._wake is not None:
             await self._wake.stop()
             self._wake = None
@@ -132,9 +153,16 @@ class PostgresStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def transaction(self, what: str, fn: Callable[[Primitives], Awaitable[T]]) -> T:
-        """Run ``fn`` in one pipelined write transaction holding the reproject gate shared,
-        again from the start after a lost deadlock; its notifications go with the commit."""
+        """Run ``fn`` in one pipelined write transaction holding the reproject gate shared;
+        its notifications go with the commit. Run again from the start after a lost deadlock,
+        and after a connection failure that came before the commit was sent (nothing can have
+        been written then); a failure during the commit leaves the outcome unknown and is
+        raised as ``StoreUnavailable``."""
+        return await self._retrying(what, lambda: self._transaction(what, fn), idempotent=False)
+
+    async def _transaction(self, what: str, fn: Callable[[Primitives], Awaitable[T]]) -> T:
         for _ in range(5):
+            committing = False
             try:
                 async with self.connection(what) as conn:
                     try:
@@ -145,16 +173,47 @@ class PostgresStore:
                             tx = PostgresTransaction(conn, self.namespace, begin, TxTime(utcnow()))
                             result = await fn(tx)
                             await tx.send_notifications(self.channels)
+                            committing = True
                         return result
                     except RETRYABLE as exc:
                         raise _Retry() from exc
             except _Retry:
                 continue
+            except StoreUnavailable as exc:
+                if committing or isinstance(exc, SchemaMismatch):
+                    raise
+                raise NotCommitted(str(exc)) from None
         raise ConcurrencyError(f"{what}: kept deadlocking; gave up after 5 tries")
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
+        """``op`` again while it fails in a way that is safe to repeat: any connection failure
+        of an idempotent ``op``, a failure before the commit was sent for a write. The pool's
+        idle connections are checked after a failure, so the dead ones a dropped server leaves
+        behind are not handed out again."""
+
+        def safe(exc: StoreUnavailable) -> bool:
+            return unavailable(exc) and (idempotent or isinstance(exc, NotCommitted))
+
+        return await retrying(
+            f"PostgreSQL {what}",
+            op,
+            seconds=self.retry_seconds,
+            safe=safe,
+            on_failure=self._check_pool,
+        )
+
+    def _check_pool(self) -> None:
+        if self._pool is not None and (self._checking is None or self._checking.done()):
+            self._checking = asyncio.ensure_future(self._pool.check())
 
     async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
         if not claims:
             return set()
+        return await self._retrying(
+            "extending leases", lambda: self._heartbeat(claims, lease_seconds), idempotent=True
+        )
+
+    async def _heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:
         async with self.connection("extending leases") as conn, conn.transaction():
             # Heartbeats take the reproject gate like appends do.
             await conn.execute(Q["begin_append"], {"gate": self.gate_key}, prepare=True)
@@ -187,10 +246,13 @@ class PostgresStore:
     # -- reads -----------------------------------------------------------------------------
 
     async def _fetch(self, query: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
-        async with self.connection(what) as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(cast(Any, query), {"ns": self.namespace, **params})
-            return await cur.fetchall()
+        async def fetch() -> list[dict[str, Any]]:
+            async with self.connection(what) as conn:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(cast(Any, query), {"ns": self.namespace, **params})
+                return await cur.fetchall()
+
+        return await self._retrying(what, fetch, idempotent=True)
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
         rows = await self._fetch(Q["get_run"], {"id": run_id}, "reading a run")
