@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import ow_es
 from ow_es import Context, RetryPolicy
 from tests.support.databases import ClientFactory
-from tests.test_dashboard_api import running_worker, serve_dashboard
+from tests.test_dashboard_api import eventually, running_worker, serve_dashboard
 
 STATUSES = ["pending", "running", "completed", "failed", "canceled"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -96,3 +96,84 @@ async def test_dashboard_gauges_of_an_empty_namespace(make_client: Any) -> None:
 def scrape(port: int) -> Samples:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return parse(response.read().decode())
+
+
+async def test_worker_metrics_after_a_known_workload(make_client: Any, db: dict[str, Any]) -> None:
+    ow = await make_client()
+    failed_once: set[str] = set()
+
+    @ow.workflow(name="counted")
+    async def counted(ctx: Context, inp: None) -> str:
+        await ctx.step.run("plain", lambda: 1)
+
+        def flaky() -> int:
+            if ctx.run.id not in failed_once:
+                failed_once.add(ctx.run.id)
+                raise ConnectionError("first attempt fails")
+            return 2
+
+        retry = RetryPolicy(initial_interval="50ms", maximum_attempts=3)
+        await ctx.step.run("flaky", flaky, retry=retry)
+        await ctx.step.sleep("nap", "100ms")
+        return "done"
+
+    @ow.workflow(name="broken")
+    async def broken(ctx: Context, inp: None) -> None:
+        raise RuntimeError("the body fails")
+
+    await ow.connect()
+    async with running_worker(ow, concurrency=4, metrics_port=0) as worker:
+        port = worker.metrics.bound_port
+        assert port
+        handles = [await counted.start(None), await counted.start(None)]
+        for handle in handles:
+            assert await handle.result(timeout=30) == "done"
+        failing = await broken.start(None)
+        with pytest.raises(ow_es.WorkflowFailed):
+            await failing.result(timeout=30)
+        histories = {h.run_id: await ow.history(h.run_id) for h in [*handles, failing]}
+        claims = sum(e.type == "run_claimed" for events in histories.values() for e in events)
+
+        async def latencies_observed() -> Samples | None:
+            samples = await asyncio.to_thread(scrape, port)
+            done = value(samples, "ow_es_run_start_latency_seconds_count") == claims
+            return samples if done else None
+
+        samples = await eventually(latencies_observed)
+
+    assert value(samples, "ow_es_runs_started_total", workflow_name="counted") == 2
+    assert value(samples, "ow_es_runs_started_total", workflow_name="broken") == 1
+    finished = "ow_es_runs_finished_total"
+    assert value(samples, finished, workflow_name="counted", status="completed") == 2
+    assert value(samples, finished, workflow_name="broken", status="failed") == 1
+    assert value(samples, "ow_es_step_failures_total", workflow_name="counted") == 2
+    steps = "ow_es_step_duration_seconds_count"
+    assert value(samples, steps, workflow_name="counted", step_kind="function") == 6
+    assert value(samples, steps, workflow_name="counted", step_kind="sleep") == 2
+    naps = value(
+        samples, "ow_es_step_duration_seconds_sum", workflow_name="counted", step_kind="sleep"
+    )
+    assert 0.2 <= naps < 10  # two naps of 100 ms, to scale
+    assert 0 <= value(samples, "ow_es_run_start_latency_seconds_sum") < claims * 5
+
+    appended: dict[str, int] = {}
+    for events in histories.values():
+        for event in events:
+            if event.type != "run_created":  # the client's, not the worker's
+                appended[event.type] = appended.get(event.type, 0) + 1
+    worker_events = {
+        dict(labels)["type"]: n
+        for (name, labels), n in samples.items()
+        if name == "ow_es_events_appended_total"
+    }
+    assert worker_events == appended
+
+    assert value(samples, "ow_es_worker_slots", state="busy") == 0
+    assert value(samples, "ow_es_worker_slots", state="idle") == 4
+    pool = [key for key in samples if key[0] == "ow_es_db_pool_connections"]
+    if db["backend"] == "postgres":
+        in_use = value(samples, "ow_es_db_pool_connections", state="in_use")
+        assert in_use >= 0 and value(samples, "ow_es_db_pool_connections", state="idle") >= 0
+        assert len(pool) == 2
+    else:
+        assert pool == []  # SQLite has no pool

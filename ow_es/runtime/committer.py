@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 
 from ow_es.errors import ValidationError
+from ow_es.metrics import WorkerMetrics
 from ow_es.store import AppendRequest, Outcome, Store
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, max_batch: int = 500) -> None:
+    def __init__(
+        self, store: Store, max_batch: int = 500, metrics: WorkerMetrics | None = None
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._max_batch = max_batch
         self._queue: list[tuple[AppendRequest, asyncio.Future[Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -55,6 +59,8 @@ class GroupCommitter:
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
+            if self._metrics is not None:
+                self._metrics.committed([request for request, _ in batch], outcomes)
             return
         for _, future in batch:
             if not future.done():
