@@ -99,7 +99,7 @@ def scrape(port: int) -> Samples:
 
 
 async def test_worker_metrics_after_a_known_workload(make_client: Any, db: dict[str, Any]) -> None:
-    ow = await make_client()
+    ow: ow_es.OpenWorkflow = await make_client()
     failed_once: set[str] = set()
 
     @ow.workflow(name="counted")
