@@ -71,8 +71,9 @@ class StepFailed(EventData, kw_only=True):
     final: bool
     worker_id: str | None = None
     child_run_id: str | None = None
-    # The attempt's worker was lost mid-step (its lease was taken over): recorded so the
-    # attempt is not left "running", but it never counts against the retry budget.
+    signal_name: str | None = None
+    # The attempt was left open (its worker was lost mid-step, or its run ended): recorded so
+    # the attempt is not left "running", but it never counts against the retry budget.
     abandoned: bool = False
 
 

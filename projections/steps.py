@@ -55,7 +55,8 @@ def step_row(rec: Recorded) -> StepAttempt | None:
         case ev.StepFailed():
             return _attempt(
                 rec, data.step_name, data.attempt, data.kind, "failed", data.started_at,
-                error=data.error, child_run_id=data.child_run_id, finished_at=at,
+                error=data.error, child_run_id=data.child_run_id,
+                signal_name=data.signal_name, finished_at=at,
             )  # fmt: skip
         case ev.SignalReceived():  # delivery completes the waiting step's attempt
             return _attempt(

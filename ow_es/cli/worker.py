@@ -83,6 +83,13 @@ def _duration(text: str) -> Duration:
     show_envvar=True,
     help="Level of the worker's log lines on stderr.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    envvar="OW_ES_METRICS_PORT",
+    show_envvar=True,
+    help="Serve this worker's Prometheus metrics on this port (/metrics, no authentication).",
+)
 @connection_options
 def worker(
     conn: Connection,
@@ -93,10 +100,12 @@ def worker(
     poll_interval: str,
     stop_timeout: str,
     log_level: str,
+    metrics_port: int | None,
 ) -> None:
     """Run a worker for APP: `module:attr` (an ow_es.OpenWorkflow made at import time) or
-    `module` (every workflow at its top level). Without APP (or OW_ES_APP), `[tool.ow-es] app`
-    from ./pyproject.toml. SIGINT/SIGTERM stop it gracefully."""
+        `module` (every workflow at its top level). Without APP (or OW_ES_APP), `[tool.ow-es] app`
+        from ./pyproject.toml. The first SIGINT/SIGTERM stops it gracefully (in-flight runs get the
+    stop timeout), a second one at once (they are handed back to other workers)."""
     client = load_app(require_target(app), conn)
     grace = to_seconds(_duration(stop_timeout), "stop timeout")
 
@@ -106,6 +115,7 @@ def worker(
             lease=_duration(lease),
             heartbeat=None if heartbeat is None else _duration(heartbeat),
             poll_interval=_duration(poll_interval),
+            metrics_port=metrics_port,
         )
         _configure_logging(log_level)
         await serve(client, runner, grace)
@@ -123,22 +133,30 @@ async def serve(client: OpenWorkflow, worker: Worker, stop_timeout: float) -> No
     """
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
+    running: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
         if not stopping:
             click.echo(
-                f"{signal.Signals(signum).name}: stopping; in-flight runs get {stop_timeout:g}s",
+                f"{name}: stopping; in-flight runs get {stop_timeout:g}s (again: stop now)",
                 err=True,
             )
             stopping.append(loop.create_task(worker.stop(timeout=stop_timeout)))
+        elif running:
+            click.echo(f"{name}: stopping now; in-flight runs are handed back", err=True)
+            running[0].cancel()
 
     installed = [s for s in _STOP_SIGNALS if _add_handler(loop, s, on_signal)]
     try:
         async with client:
             if not stopping:  # else a signal came while connecting: nothing to serve
                 announce = asyncio.create_task(_announce(client, worker))
+                running.append(asyncio.create_task(worker.run()))
                 try:
-                    await worker.run()
+                    await asyncio.wait(running)
+                    if not running[0].cancelled():  # cancelled: by a second signal
+                        running[0].result()
                 finally:
                     announce.cancel()
     finally:

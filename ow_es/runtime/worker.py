@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import OwEsError
+from ow_es.metrics import WorkerMetrics
 from ow_es.models import WorkflowRun
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ow_es.worker")
 
+_ABORT_SECONDS = 0.9  # a cancelled worker hands its runs back within about a second
 _FAST_POLL = 0.02  # without pushed wake-ups: seconds between claims right after work was found
 
 
@@ -38,6 +40,8 @@ class WorkerOptions(TypedDict, total=False):
     stop_timeout: Duration
     worker_id: str | None
     max_crashes: int
+    metrics_port: int | None
+    metrics: WorkerMetrics | None
 
 
 class Worker:
@@ -52,12 +56,18 @@ class Worker:
         stop_timeout: Duration = "30s",
         worker_id: str | None = None,
         max_crashes: int = 5,
+        metrics_port: int | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if max_crashes < 1:
             raise ValueError("max_crashes must be at least 1")
         self.max_crashes = max_crashes
+        # Prometheus metrics (ow_es.metrics), served on metrics_port while the worker runs.
+        if metrics is None and metrics_port is not None:
+            metrics = WorkerMetrics(port=metrics_port)
+        self.metrics = metrics
         self.client = client
         self.concurrency = concurrency
         self.lease = to_seconds(lease, "lease")
@@ -74,6 +84,7 @@ class Worker:
         self._active: dict[str, tuple[asyncio.Task[None], Execution]] = {}
         self._slot_freed = asyncio.Event()
         self._threads: ThreadPoolExecutor | None = None
+        self._run_task: asyncio.Task[Any] | None = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -90,23 +101,30 @@ class Worker:
         settings = Settings(
             worker_id=self.worker_id,
             store=store,
-            committer=GroupCommitter(store),
+            committer=GroupCommitter(store, metrics=self.metrics),
             threads=self._threads,
             max_payload_bytes=self.client.max_payload_bytes,
             lease_seconds=self.lease,
             max_crashes=self.max_crashes,
         )
+        self._run_task = asyncio.current_task()
         if handle_signals:
             self._install_signal_handlers()
+        if self.metrics is not None:
+            self.metrics.start(self)
         heartbeats = asyncio.create_task(self._heartbeat_loop(), name="ow-es-heartbeat")
         try:
             await self._claim_loop(settings, workflows)
+        except asyncio.CancelledError:
+            await self._abort()
+            raise
+        else:
+            await self._drain()
         finally:
             heartbeats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeats
-            await self._drain()
             self._threads.shutdown(wait=False, cancel_futures=True)
+            if self.metrics is not None:
+                self.metrics.stop()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; let in-flight runs finish for up to ``timeout`` seconds (default: the
@@ -132,11 +150,15 @@ class Worker:
             claimed: list[WorkflowRun] = []
             # The lease runs from before the claim was sent, never later than the database's.
             lease_deadline = asyncio.get_running_loop().time() + self.lease
-            if free > 0:
-                try:
+            try:
+                if free > 0:
                     claimed = await store.claim(self.worker_id, workflows, free, self.lease)
-                except OwEsError as exc:
-                    log.warning("claim failed: %s", exc)
+                else:  # no slot to claim into, but deadlines still end runs on time
+                    await store.fail_overdue(self.worker_id, workflows)
+            except OwEsError as exc:
+                log.warning("claim failed: %s", exc)
+            if self.metrics is not None:
+                self.metrics.claimed(claimed, store)
             for run in claimed:
                 self._start(run, settings, lease_deadline)
             self.ready.set()
@@ -216,21 +238,41 @@ class Worker:
                     entry[0].cancel()
 
     async def _drain(self) -> None:
-        """Give in-flight runs the stop timeout, then cancel and release the rest."""
+        """``stop()``: give in-flight runs the stop timeout, then cancel and release the
+        rest."""
         tasks = [task for task, _ in self._active.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=self._stop_timeout)
+        await self._hand_back(list(self._active.values()))
+
+    async def _abort(self) -> None:
+        """The task running ``run()`` was cancelled: cancel every execution now (a sync step
+        is left to its thread; its late result is fenced out), and hand their runs back to
+        other workers at once, within about a second."""
         leftovers = list(self._active.values())
         for task, _ in leftovers:
             task.cancel()
-        for task, execution in leftovers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            with contextlib.suppress(Exception):
-                await execution.release_after_stop()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(_ABORT_SECONDS):
+                await self._hand_back(leftovers)
+
+    async def _hand_back(self, leftovers: list[tuple[asyncio.Task[None], Execution]]) -> None:
+        for task, _ in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait([task for task, _ in leftovers])
+        releases = [execution.release_after_stop() for _, execution in leftovers]
+        await asyncio.gather(*releases, return_exceptions=True)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopping.set)
+                loop.add_signal_handler(sig, self._on_signal)
+
+    def _on_signal(self) -> None:
+        """The first SIGINT/SIGTERM stops gracefully; a second one stops at once."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+        elif self._run_task is not None:
+            self._run_task.cancel()

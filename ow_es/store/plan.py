@@ -39,6 +39,9 @@ class Plan:
         self.done.extend(other.done)
 
 
+ENDINGS = (ev.RunCanceled, ev.RunFailed)  # ends that close the run's open attempts
+
+
 def is_create(request: AppendRequest) -> bool:
     return bool(request.events) and isinstance(request.events[0], ev.RunCreated)
 
@@ -120,6 +123,32 @@ def with_send(request: AppendRequest, delivered: list[str]) -> AppendRequest:
         claim_token=request.claim_token,
         expected_seq=request.expected_seq,
     )
+
+
+def closing_first(request: AppendRequest, attempts: list[StepAttempt]) -> AppendRequest:
+    """A run that is canceled or fails closes its open step attempts with it (recorded as
+    abandoned: they never count against a budget, and a resumed run takes them up again)."""
+    end = next(e for e in request.events if isinstance(e, ENDINGS))
+    status = "canceled" if isinstance(end, ev.RunCanceled) else "failed"
+    error = {"type": "RunEnded", "message": f"the run was {status} while this step was open"}
+    closed: list[ev.EventData] = [
+        ev.StepFailed(
+            step_name=a.step_name,
+            kind=a.kind,
+            attempt=a.attempt,
+            error=error,
+            started_at=a.started_at,
+            final=False,
+            abandoned=True,
+            child_run_id=a.child_run_id,
+            signal_name=a.signal_name,
+            worker_id=getattr(end, "worker_id", None),
+        )
+        for a in attempts
+    ]
+    at = request.events.index(end)
+    events = [*request.events[:at], *closed, *request.events[at:]]
+    return msgspec.structs.replace(request, events=events)
 
 
 def _ready(row: WorkflowRun, now: datetime) -> bool:

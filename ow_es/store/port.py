@@ -135,8 +135,18 @@ class Primitives(Protocol):
         others): due runs first, then runs whose lease expired."""
         ...
 
+    async def select_overdue(
+        self, workflows: Sequence[WorkflowKey], limit: int
+    ) -> list[WorkflowRun]:
+        """Lock up to ``limit`` unclaimed runs of ``workflows`` past their deadline."""
+        ...
+
     async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
         """The open waits on a signal, their run and step rows locked."""
+        ...
+
+    async def open_attempts(self, run_ids: list[str]) -> list[StepAttempt]:
+        """The step attempts of these runs still ``running``."""
         ...
 
     async def live_children(self, parent_ids: list[str]) -> list[str]:
@@ -168,6 +178,12 @@ class Single:
     old: WorkflowRun | None
     new: WorkflowRun
     claim_token: str | None
+
+    def written(self, now: datetime) -> Appended:
+        """Its outcome, once written at the transaction time ``now``."""
+        run = self.time.stamped(self.new, now)
+        first_seq = 1 if self.old is None else self.old.seq + 1
+        return Appended(run=run, created=self.old is None, first_seq=first_seq)
 
 
 class OneStatementWrites(Protocol):

@@ -19,8 +19,17 @@ from typing import Any
 from ow_es import events as ev
 from ow_es.durations import utcnow
 from ow_es.errors import ConcurrencyError, InvalidTransition, RunNotFound, StaleRun
-from ow_es.models import WorkflowRun
-from ow_es.store.plan import Plan, fold, is_create, naming_child, split_rounds, with_send
+from ow_es.models import StepAttempt, WorkflowRun
+from ow_es.store.plan import (
+    ENDINGS,
+    Plan,
+    closing_first,
+    fold,
+    is_create,
+    naming_child,
+    split_rounds,
+    with_send,
+)
 from ow_es.store.port import (
     Adapter,
     Appended,
@@ -32,9 +41,9 @@ from ow_es.store.port import (
 )
 from ow_es.store.tables import TxTime
 
-# Events whose fold needs no clock comparison and no other run (a run with a parent tells it
-# of its end: that takes a transaction).
-_OWNER_EVENTS = (ev.StepStarted, ev.StepCompleted, ev.StepFailed, ev.RunCompleted, ev.RunFailed)
+# Owner events whose fold needs no clock, no other run and nothing read (a failure closes the
+# run's open attempts, a run with a parent tells it of its end: those take a transaction).
+_OWNER_EVENTS = (ev.StepStarted, ev.StepCompleted, ev.StepFailed, ev.RunCompleted)
 _MAX_SINGLE_EVENTS = 4  # each shape of one-statement append is a statement text of its own
 
 
@@ -147,14 +156,7 @@ async def _append_singles(
         return {}
     order = sorted(planned, key=lambda i: requests[i].run_id)  # rows are locked in id order
     times = await adapter.single.write_singles([planned[i] for i in order])
-    outcomes: dict[int, Outcome] = {}
-    for index, now in zip(order, times, strict=True):
-        if now is not None:
-            item = planned[index]
-            run = item.time.stamped(item.new, now)
-            first = 1 if item.old is None else item.old.seq + 1
-            outcomes[index] = Appended(run=run, created=item.old is None, first_seq=first)
-    return outcomes
+    return {i: planned[i].written(now) for i, now in zip(order, times, strict=True) if now}
 
 
 async def _append_compound(adapter: Adapter, request: AppendRequest) -> Outcome:
@@ -243,6 +245,7 @@ async def _plan_round(
             rows = locked
         else:
             rows = await tx.lock_runs(ids)
+        closing = await _closing_attempts(tx, [r for _, r in updates])
         for index, request in updates:
             row = rows.get(request.run_id)
             refused = rejection(row, request)
@@ -250,10 +253,24 @@ async def _plan_round(
                 plan.outcomes[index] = refused
                 continue
             assert row is not None
+            if request.run_id in closing:
+                request = closing_first(request, closing[request.run_id])
             new = fold(plan, row, request, marker, tx.namespace)
             plan.updated_runs.append((row, new))
             plan.outcomes[index] = Appended(run=new, first_seq=row.seq + 1)
     return plan
+
+
+async def _closing_attempts(
+    tx: Primitives, requests: list[AppendRequest]
+) -> dict[str, list[StepAttempt]]:
+    """The attempts still open on runs that these requests cancel or fail."""
+    ending = [r.run_id for r in requests if any(isinstance(e, ENDINGS) for e in r.events)]
+    closing: dict[str, list[StepAttempt]] = {}
+    if ending:
+        for attempt in await tx.open_attempts(ending):
+            closing.setdefault(attempt.run_id, []).append(attempt)
+    return closing
 
 
 async def _existing(tx: Primitives, request: AppendRequest) -> Outcome:
@@ -285,6 +302,22 @@ async def claim(
     ]
     outcomes = await apply(tx, requests, locked={row.id: row for row in rows})
     return [o.run for o in outcomes if isinstance(o, Appended) and o.run.claim_token is not None]
+
+
+async def fail_overdue(
+    tx: Primitives, worker_id: str, workflows: Sequence[WorkflowKey], limit: int
+) -> int:
+    """Fail unclaimed runs past their deadline (a worker whose slots are all busy still
+    ends them on time); returns how many."""
+    rows = await tx.select_overdue(workflows, limit)
+    now = tx.time.marker
+    requests = [
+        AppendRequest(run_id=row.id, events=[claim_event(row, worker_id, now, 0)])
+        for row in rows
+        if row.deadline_at is not None and row.deadline_at <= now
+    ]
+    outcomes = await apply(tx, requests, locked={row.id: row for row in rows})
+    return sum(isinstance(o, Appended) for o in outcomes)
 
 
 async def cancel(tx: Primitives, run_id: str, *, cascade: bool) -> None:

@@ -66,6 +66,14 @@ class Store:
             "claiming runs", lambda tx: rules.claim(tx, worker_id, workflows, limit, lease_seconds)
         )
 
+    async def fail_overdue(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int = 100
+    ) -> int:
+        return await self.adapter.transaction(
+            "failing runs past their deadline",
+            lambda tx: rules.fail_overdue(tx, worker_id, workflows, limit),
+        )
+
     async def cancel(self, run_id: str, *, cascade: bool) -> None:
         await self.adapter.transaction(
             "canceling a run", lambda tx: rules.cancel(tx, run_id, cascade=cascade)

@@ -71,11 +71,40 @@ ORDER BY r.lease_until
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
+-- name: select_overdue
+-- Unclaimed runs past their deadline (their available_at is at most the deadline, so the
+-- ready index finds them): failed even while every slot of the worker is busy.
+SELECT r.* FROM workflow_runs r
+WHERE r.namespace_id = %(ns)s
+  AND r.status IN ('pending', 'running')
+  AND r.available_at <= now()
+  AND r.deadline_at <= now()
+  AND r.claim_token IS NULL
+  AND r.workflow_name = ANY(%(names)s::text[])
+  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+ORDER BY r.available_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: open_attempts
+SELECT * FROM step_attempts
+WHERE namespace_id = %(ns)s AND run_id = ANY(%(ids)s) AND status = 'running'
+ORDER BY run_id, started_at, step_name, attempt
+
 -- name: heartbeat
+-- The rows are locked in id order first, as every append locks them: a heartbeat and an
+-- append of two runs can never wait for each other in opposite orders (a deadlock).
+WITH held AS (
+    SELECT r.id FROM workflow_runs r
+    JOIN unnest(%(ids)s::text[], %(tokens)s::text[]) AS c(id, token)
+      ON r.id = c.id AND r.claim_token = c.token
+    WHERE r.namespace_id = %(ns)s AND r.status = 'running'
+    ORDER BY r.id
+    FOR UPDATE OF r
+)
 UPDATE workflow_runs r SET lease_until = now() + make_interval(secs => %(lease)s)
-FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS c(id, token)
-WHERE r.namespace_id = %(ns)s AND r.id = c.id AND r.claim_token = c.token
-  AND r.status = 'running'
+FROM held
+WHERE r.namespace_id = %(ns)s AND r.id = held.id
 RETURNING r.id
 
 -- name: next_wake_at

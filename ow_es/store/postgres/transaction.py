@@ -102,25 +102,37 @@ class PostgresTransaction:
             await cur.execute("SELECT pg_notify(%s, %s)", [channel, payload])
 
     async def select_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
-        params = {
-            "ns": self.namespace,
-            "names": sorted({name for name, _ in workflows}),
-            "versions": sorted({version for _, version in workflows if version is not None}),
-            "unversioned": any(version is None for _, version in workflows),
-            "limit": limit,
-        }
+        params = self._served(workflows, limit)
         # Both queries go out together (pipeline); expired leases only fill what is left.
         due_cur = self._conn.cursor(row_factory=dict_row)
         expired_cur = self._conn.cursor(row_factory=dict_row)
         await due_cur.execute(Q["claim_due"], params, prepare=True)
         await expired_cur.execute(Q["claim_expired"], params, prepare=True)
         rows = [*await due_cur.fetchall(), *await expired_cur.fetchall()]
-        served = set(workflows)  # the queries match names and versions separately
-        runs = [codec.run_from_row(row) for row in rows]
-        return [r for r in runs if (r.workflow_name, r.version) in served][:limit]
+        return _served_only(rows, workflows)[:limit]
+
+    async def select_overdue(
+        self, workflows: Sequence[WorkflowKey], limit: int
+    ) -> list[WorkflowRun]:
+        cur = self._conn.cursor(row_factory=dict_row)
+        await cur.execute(Q["select_overdue"], self._served(workflows, limit), prepare=True)
+        return _served_only(await cur.fetchall(), workflows)
+
+    def _served(self, workflows: Sequence[WorkflowKey], limit: int) -> dict[str, Any]:
+        return {
+            "ns": self.namespace,
+            "names": sorted({name for name, _ in workflows}),
+            "versions": sorted({version for _, version in workflows if version is not None}),
+            "unversioned": any(version is None for _, version in workflows),
+            "limit": limit,
+        }
 
     async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
         rows = await self._rows(Q["open_signal_waits"], {"signal": signal_name})
+        return [codec.step_from_row(row) for row in rows]
+
+    async def open_attempts(self, run_ids: list[str]) -> list[StepAttempt]:
+        rows = await self._rows(Q["open_attempts"], {"ids": run_ids})
         return [codec.step_from_row(row) for row in rows]
 
     async def live_children(self, parent_ids: list[str]) -> list[str]:
@@ -140,3 +152,10 @@ class PostgresTransaction:
             Q["put_signal_send"],
             {"ns": self.namespace, "key": key, "signal": signal_name, "ids": tables.dumps(run_ids)},
         )
+
+
+def _served_only(rows: list[dict[str, Any]], workflows: Sequence[WorkflowKey]) -> list[WorkflowRun]:
+    """The queries match names and versions separately: keep the exact pairs served."""
+    served = set(workflows)
+    runs = [codec.run_from_row(row) for row in rows]
+    return [r for r in runs if (r.workflow_name, r.version) in served]

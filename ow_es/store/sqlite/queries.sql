@@ -42,6 +42,23 @@ WHERE namespace_id = ?
 ORDER BY available_at IS NULL, available_at
 LIMIT ?
 
+-- name: select_overdue
+SELECT * FROM workflow_runs
+WHERE namespace_id = ?
+  AND status IN ('pending', 'running')
+  AND available_at <= ?
+  AND deadline_at <= ?
+  AND claim_token IS NULL
+  AND (workflow_name, coalesce(version, '')) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
+ORDER BY available_at
+LIMIT ?
+
+-- name: open_attempts
+SELECT * FROM step_attempts
+WHERE namespace_id = ? AND run_id IN (SELECT value FROM json_each(?)) AND status = 'running'
+ORDER BY run_id, started_at, step_name, attempt
+
 -- name: heartbeat
 UPDATE workflow_runs SET lease_until = ?
 WHERE namespace_id = ? AND status = 'running'

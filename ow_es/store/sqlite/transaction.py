@@ -96,12 +96,26 @@ class SqliteTransaction:
         self.done.extend(done)
 
     async def select_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
+        return await self._select("claim_ready", workflows, limit)
+
+    async def select_overdue(
+        self, workflows: Sequence[WorkflowKey], limit: int
+    ) -> list[WorkflowRun]:
+        return await self._select("select_overdue", workflows, limit)
+
+    async def _select(
+        self, query: str, workflows: Sequence[WorkflowKey], limit: int
+    ) -> list[WorkflowRun]:
         now = ts(self._now)
         params = (self.namespace, now, now, workflows_json(workflows), limit)
-        return [codec.run_from_row(row) for row in await self._rows(Q["claim_ready"], params)]
+        return [codec.run_from_row(row) for row in await self._rows(Q[query], params)]
 
     async def open_signal_waits(self, signal_name: str) -> list[StepAttempt]:
         rows = await self._rows(Q["open_signal_waits"], (self.namespace, signal_name))
+        return [codec.step_from_row(row) for row in rows]
+
+    async def open_attempts(self, run_ids: list[str]) -> list[StepAttempt]:
+        rows = await self._rows(Q["open_attempts"], (self.namespace, tables.dumps(run_ids)))
         return [codec.step_from_row(row) for row in rows]
 
     async def live_children(self, parent_ids: list[str]) -> list[str]:
