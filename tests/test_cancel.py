@@ -225,3 +225,48 @@ async def test_cancel_edges(ow: ow_es.OpenWorkflow) -> None:
         await ow.resume(parked_run.run_id)  # canceled runs do not resume
     assert (await event_types(ow, parked_run.run_id))[-1] == "run_canceled"
     assert (await event_types(ow, pending.run_id)).count("run_canceled") == 1
+
+
+async def test_a_run_that_is_canceled_or_fails_closes_its_open_step_attempts(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """No attempt of an ended run stays ``running``: a canceled run closes its sleep, signal
+    wait and child steps; a run failed by its deadline while asleep closes its sleep. Each is
+    recorded as an abandoned failure (type ``RunEnded``) in the run's own log."""
+
+    @ow.workflow(name="kid")
+    async def kid(ctx: ow_es.Context) -> None:
+        await ctx.step.sleep("kid-nap", "1h")
+
+    @ow.workflow(name="many-waits")
+    async def many_waits(ctx: ow_es.Context) -> None:
+        await asyncio.gather(
+            ctx.step.sleep("nap", "1h"),
+            ctx.step.wait_for_signal("go"),
+            ctx.step.run_workflow(kid, None),
+        )
+
+    @ow.workflow(name="sleeper")
+    async def sleeper(ctx: ow_es.Context) -> None:
+        await ctx.step.sleep("nap", "1h")
+
+    await ow.connect()
+    async with running_worker(ow):
+        waiting = await many_waits.start()
+        doomed = await sleeper.start(deadline_at="1s")
+        await eventually(lambda: parked(ow, waiting.run_id, "sleep"), timeout=10)
+        await waiting.cancel()
+        with pytest.raises(ow_es.WorkflowFailed):
+            await doomed.result(timeout=15)
+    for handle, ending in ((waiting, "canceled"), (doomed, "failed")):
+        rows = await ow.store.step_attempts(handle.run_id)
+        assert rows and all(r.status != "running" for r in rows), rows
+        closed = [r for r in rows if r.error is not None and r.error["type"] == "RunEnded"]
+        assert closed and all(ending in r.error["message"] for r in closed if r.error), rows
+        failures = [e for e in await ow.history(handle.run_id) if e.type == "step_failed"]
+        assert failures and all(e.data["abandoned"] for e in failures)
+    kinds = {r.kind for r in await ow.store.step_attempts(waiting.run_id)}
+    assert kinds == {"sleep", "signal_wait", "workflow"}
+    (child,) = await ow.store.list_children(waiting.run_id)
+    assert child.status == "canceled"
+    assert all(r.status != "running" for r in await ow.store.step_attempts(child.id))

@@ -299,3 +299,93 @@ async def test_unknown_outcome_of_a_signal_send_or_child_start_is_resolved_not_r
 async def _waits_for_signal(ow: ow_es.OpenWorkflow, run_id: str) -> bool:
     run = await ow.store.get_run(run_id)
     return run is not None and (run.waiting_for or {}).get("kind") == "signal"
+
+
+async def test_client_calls_ride_out_terminated_connections(pg_db: dict[str, Any]) -> None:
+    """Every pooled connection of the client is terminated (a failover, a restart). The next
+    calls must not fail: reads and not-yet-committed writes are sent again on a fresh
+    connection, and the pool's dead connections are replaced."""
+    app_name = f"owc_{uuid.uuid4().hex[:12]}"
+    url = f"{pg_db['url']}{'&' if '?' in pg_db['url'] else '?'}application_name={app_name}"
+    ow = await ow_es.connect(url, schema=pg_db["schema"], pool_size=4)
+
+    def terminate() -> int:
+        with psycopg.connect(pg_db["url"], autocommit=True) as admin:
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                [app_name],
+            ).fetchall()
+        return len(rows)
+
+    try:
+        handles = [await ow.start("wf", n) for n in range(4)]  # warms several connections
+        for call in (
+            lambda: ow.start("wf", 9),
+            lambda: ow.list_runs(),
+            lambda: ow.history(handles[0].run_id),
+            lambda: ow.send_signal("nobody-waits"),
+            lambda: ow.cancel(handles[1].run_id),
+            lambda: ow.store.claim("w-1", [("wf", None)], 1, 30),
+        ):
+            assert terminate() >= 1
+            await call()
+        assert (await handles[1].status()).status == "canceled"
+    finally:
+        await ow.close()
+
+
+@pytest.mark.slow
+async def test_a_worker_keeps_claiming_between_repeated_connection_kills(
+    pg_db: dict[str, Any],
+) -> None:
+    """Every 300 ms all of a worker's sessions are terminated; its runs still complete, and
+    none fails because of it."""
+    app_name = f"owc_{uuid.uuid4().hex[:12]}"
+    url = f"{pg_db['url']}{'&' if '?' in pg_db['url'] else '?'}application_name={app_name}"
+    ow = ow_es.OpenWorkflow(url, schema=pg_db["schema"])
+
+    @ow.workflow(name="three-steps")
+    async def three_steps(ctx: ow_es.Context, n: int) -> int:
+        async def slow() -> int:
+            await asyncio.sleep(0.2)  # several kills land while the runs are in flight
+            return n
+
+        total = 0
+        for step in range(3):
+            total += await ctx.step.run(f"s{step}", slow)
+        return total
+
+    stop = asyncio.Event()
+
+    async def kill_repeatedly() -> int:
+        kills = 0
+        while not stop.is_set():
+            await asyncio.sleep(0.3)
+            with psycopg.connect(pg_db["url"], autocommit=True) as admin:
+                kills += len(
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = %s",
+                        [app_name],
+                    ).fetchall()
+                )
+        return kills
+
+    try:
+        await ow.connect()
+        handles = [await three_steps.start(n) for n in range(20)]
+        killer = asyncio.create_task(kill_repeatedly())
+        try:
+            async with running_worker(ow, concurrency=5, lease="3s", heartbeat="500ms"):
+                results = [await h.result(timeout=60) for h in handles]
+        finally:
+            stop.set()
+            kills = await killer
+        assert results == [3 * n for n in range(20)]
+        assert kills >= 5
+        for handle in handles:
+            events = await ow.history(handle.run_id)
+            assert audit_log(events) == [], describe(events)
+    finally:
+        await ow.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from typing import Any
 
@@ -68,6 +69,126 @@ async def test_stopped_worker_releases_its_run_for_another(ow: ow_es.OpenWorkflo
         assert await handle.result(timeout=15) == "long"
     assert loop.time() - started < 10  # far less than the 30 s lease
     assert calls == ["before", "long", "long"]
+
+
+async def test_cancelling_the_worker_task_hands_every_run_back_at_once(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """Cancelling the task running ``run()`` (as an embedding app does at shutdown) does not
+    wait out the stop timeout: async steps are cancelled, a sync step is left to its thread,
+    and each run is released at once; the thread's late result is fenced out."""
+    in_async, in_sync = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    thread_may_end = threading.Event()
+
+    @ow.workflow(name="async-long")
+    async def async_long(ctx: ow_es.Context) -> None:
+        async def wait() -> None:
+            in_async.set()
+            await asyncio.sleep(60)
+
+        await ctx.step.run("wait", wait)
+
+    @ow.workflow(name="sync-long")
+    async def sync_long(ctx: ow_es.Context) -> str:
+        def block() -> str:
+            loop.call_soon_threadsafe(in_sync.set)
+            thread_may_end.wait(30)
+            return "late"
+
+        return await ctx.step.run("block", block)
+
+    await ow.connect()
+    handles = [await async_long.start(), await sync_long.start()]
+    worker = ow.worker(lease="30s", stop_timeout="30s", poll_interval="200ms")
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(asyncio.gather(in_async.wait(), in_sync.wait()), 15)
+    cancelled_at = loop.time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    took = loop.time() - cancelled_at
+    try:
+        assert took < 5, took  # not the 30 s stop timeout
+        for handle in handles:
+            events = await ow.history(handle.run_id)
+            assert events[-1].type == "run_released", describe(events)
+            run = await handle.status()
+            assert run.worker_id is None and run.lease_until is None
+    finally:
+        thread_may_end.set()
+    await asyncio.sleep(0.3)  # the thread returns; nothing of it may be written
+    events = await ow.history(handles[1].run_id)
+    assert events[-1].type == "run_released"
+    assert not any(e.type == "step_completed" for e in events)
+
+
+async def test_a_busy_worker_still_fails_runs_past_their_deadline(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """Every slot is busy, yet a run whose deadline passes fails on time (it is not left
+    pending until a slot frees)."""
+    release = asyncio.Event()
+
+    @ow.workflow(name="hog")
+    async def hog(ctx: ow_es.Context) -> None:
+        async def hold() -> None:
+            await release.wait()
+
+        await ctx.step.run("hold", hold)
+
+    @ow.workflow(name="urgent")
+    async def urgent(ctx: ow_es.Context) -> str:
+        return "done"
+
+    await ow.connect()
+    async with running_worker(ow, concurrency=1, poll_interval="200ms") as worker:
+        busy = await hog.start()
+        await eventually(lambda: worker.busy_slots == 1, 10, "the only slot is taken")
+        late = await urgent.start(deadline_at="500ms")
+        try:
+            with pytest.raises(ow_es.WorkflowFailed) as info:
+                await late.result(timeout=10)
+            assert worker.busy_slots == 1  # the slot never freed meanwhile
+        finally:
+            release.set()
+        await busy.result(timeout=10)
+    assert info.value.error_type == "DeadlineExceeded"
+
+
+@pytest.mark.slow
+async def test_a_second_sigterm_stops_the_cli_worker_at_once(
+    make_client: Any, db: dict[str, Any], processes: Processes
+) -> None:
+    """``ow-es worker``: the first SIGTERM starts a graceful stop (a 30 s stop timeout here);
+    a second one stops at once, handing the run stuck in a sync step back."""
+    ow = await make_client()
+    await ow.connect()
+    fleet = Fleet(db, processes)
+    try:
+        gated = {"CHAOS_GATED": "1"}
+        worker = fleet.spawn(concurrency=2, lease="30s", stop_timeout="30", env=gated)
+        await fleet.ready(worker)
+        (fleet.state / "open-a-1").touch()
+        handle = await ow.start("relay", 1)  # run 1 holds step b in a sync step's thread
+
+        async def in_b() -> bool:
+            events = await ow.history(handle.run_id)
+            return any(e.type == "step_started" and e.data["step_name"] == "b" for e in events)
+
+        await eventually(in_b, 20, "the run is in its sync step b")
+        loop = asyncio.get_running_loop()
+        signalled_at = loop.time()
+        worker.send(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert worker.alive()  # the graceful stop waits for the step
+        worker.send(signal.SIGTERM)
+        await eventually(lambda: not worker.alive(), 10, "the worker exited at the second signal")
+        assert loop.time() - signalled_at < 10, worker.text()
+    finally:
+        fleet.stop_all()
+    events = await ow.history(handle.run_id)
+    assert events[-1].type == "run_released", describe(events)
 
 
 # -- a busy worker process gets SIGTERM ----------------------------------------------------------

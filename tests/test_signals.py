@@ -366,3 +366,48 @@ async def test_one_idempotency_key_for_two_different_signals(ow: ow_es.OpenWorkf
         types = await event_types(ow, handle.run_id)
         assert types.count("signal_received") == 2, types
         assert await handle.result(timeout=10) == ["a", "s"]
+
+
+async def test_a_send_retried_after_a_lost_deadlock_records_its_signal_once(
+    pg_db: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction that loses a deadlock runs again from the start with the same requests;
+    the step's send must then be recorded once, not once per try."""
+    from psycopg import errors
+
+    from ow_es.store.postgres.transaction import PostgresTransaction
+
+    ow = ow_es.OpenWorkflow(pg_db["url"], schema=pg_db["schema"])
+
+    @ow.workflow(name="waits-for-go")
+    async def waits(ctx: ow_es.Context) -> Any:
+        return await ctx.step.wait_for_signal("go")
+
+    @ow.workflow(name="sends-go")
+    async def sends(ctx: ow_es.Context) -> list[str]:
+        return await ctx.step.send_signal("go", {"n": 1})
+
+    real_send = PostgresTransaction.send_notifications
+    lost: list[int] = []
+
+    async def deadlock_once(self: PostgresTransaction, channels: Any) -> None:
+        if not lost and self.done == [] and self.ready:  # the delivery wakes the waiter
+            lost.append(1)
+            raise errors.DeadlockDetected("simulated: deadlock detected")
+        await real_send(self, channels)
+
+    try:
+        await ow.connect()
+        async with running_worker(ow):
+            waiting = await waits.start()
+            await eventually(partial(_waiting, ow, waiting.run_id, "go"), timeout=10)
+            monkeypatch.setattr(PostgresTransaction, "send_notifications", deadlock_once)
+            sending = await sends.start()
+            assert await sending.result(timeout=15) == [waiting.run_id]
+            assert await waiting.result(timeout=15) == {"n": 1}
+        assert lost == [1]
+        types = await event_types(ow, sending.run_id)
+        assert types.count("signal_sent") == 1, types
+        assert (await event_types(ow, waiting.run_id)).count("signal_received") == 1
+    finally:
+        await ow.close()

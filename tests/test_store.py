@@ -221,3 +221,34 @@ async def test_a_constraint_violation_is_a_validation_error_never_unavailable(
         await ow.store.adapter.transaction("testing", taken_seq)
     assert not isinstance(caught.value, ow_es.StoreUnavailable)
     assert [e.type for e in await ow.store.read_run_events("r1")] == ["run_created"]
+
+
+async def test_a_heartbeat_locks_runs_in_the_order_appends_do(pg_url: str) -> None:
+    """An append locks run rows in id order; so must a heartbeat of several runs, or the two
+    can each hold a row the other waits for (a deadlock, one of them rolled back)."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    ow = await ow_es.connect(pg_url, schema=schema)
+    try:
+        # b first: a scan in table order (as an update joined with its input may do) meets
+        # b before a.
+        tokens = {run_id: await _claimed(ow, run_id) for run_id in ("b-run", "a-run")}
+        holding, go_on = asyncio.Event(), asyncio.Event()
+
+        async def lock_a_then_b(tx: Primitives) -> None:
+            await tx.lock_runs(["a-run"])
+            holding.set()
+            await go_on.wait()
+            await tx.lock_runs(["b-run"])
+
+        held = asyncio.create_task(ow.store.adapter.transaction("locking", lock_a_then_b))
+        await asyncio.wait_for(holding.wait(), 10)
+        # The heartbeat must wait for a before it touches b.
+        beat = asyncio.create_task(ow.store.heartbeat(tokens, 30))
+        await asyncio.sleep(0.3)
+        go_on.set()
+        await asyncio.wait_for(held, 10)
+        assert await asyncio.wait_for(beat, 10) == {"a-run", "b-run"}
+    finally:
+        await ow.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -115,11 +115,10 @@ class Worker:
         heartbeats = asyncio.create_task(self._heartbeat_loop(), name="ow-es-heartbeat")
         try:
             await self._claim_loop(settings, workflows)
-        except asyncio.CancelledError:
+            await self._drain()
+        except asyncio.CancelledError:  # also while draining: a second signal, say
             await self._abort()
             raise
-        else:
-            await self._drain()
         finally:
             heartbeats.cancel()
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -243,26 +242,19 @@ class Worker:
         tasks = [task for task, _ in self._active.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=self._stop_timeout)
-        await self._hand_back(list(self._active.values()))
+        leftovers = list(self._active.values())
+        await _cancel(leftovers, wait=None)
+        await _release(leftovers)
 
     async def _abort(self) -> None:
         """The task running ``run()`` was cancelled: cancel every execution now (a sync step
         is left to its thread; its late result is fenced out), and hand their runs back to
         other workers at once, within about a second."""
         leftovers = list(self._active.values())
-        for task, _ in leftovers:
-            task.cancel()
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            async with asyncio.timeout(_ABORT_SECONDS):
-                await self._hand_back(leftovers)
-
-    async def _hand_back(self, leftovers: list[tuple[asyncio.Task[None], Execution]]) -> None:
-        for task, _ in leftovers:
-            task.cancel()
-        if leftovers:
-            await asyncio.wait([task for task, _ in leftovers])
-        releases = [execution.release_after_stop() for _, execution in leftovers]
-        await asyncio.gather(*releases, return_exceptions=True)
+            await _cancel(leftovers, wait=_ABORT_SECONDS / 3)
+            async with asyncio.timeout(_ABORT_SECONDS * 2 / 3):
+                await _release(leftovers)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -276,3 +268,21 @@ class Worker:
             self._stopping.set()
         elif self._run_task is not None:
             self._run_task.cancel()
+
+
+Leftovers = list[tuple[asyncio.Task[None], Execution]]
+
+
+async def _cancel(leftovers: Leftovers, wait: float | None) -> None:
+    """Cancel these executions and wait for them to end (at most ``wait`` seconds: a release
+    after that is fenced against anything they might still write)."""
+    for task, _ in leftovers:
+        task.cancel()
+    if leftovers:
+        await asyncio.wait([task for task, _ in leftovers], timeout=wait)
+
+
+async def _release(leftovers: Leftovers) -> None:
+    """Hand these runs back to other workers."""
+    releases = [execution.release_after_stop() for _, execution in leftovers]
+    await asyncio.gather(*releases, return_exceptions=True)
