@@ -57,6 +57,19 @@ class Table:
     def updatable(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.name not in self.key)
 
+    @functools.cached_property
+    def json_positions(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.columns) if c.is_json)
+
+    @functools.cached_property
+    def time_positions(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.columns) if c.is_time)
+
+    @functools.cached_property
+    def updatable_kinds(self) -> tuple[tuple[str, bool, bool], ...]:
+        """(name, is JSON, is a time) of each updatable column, for the hot path."""
+        return tuple((c.name, c.is_json, c.is_time) for c in self.columns if c.name not in self.key)
+
 
 def _sql_type(info: msgspec.inspect.Type) -> str:
     """The column type of a struct field (optional fields by their inner type)."""
@@ -97,6 +110,7 @@ EVENTS = Table(
     key=("namespace_id", "run_id", "seq"),
 )
 
+_RUN_TIMES = tuple(c.name for c in RUNS.columns if c.is_time)
 _encoder = msgspec.json.Encoder()
 
 
@@ -115,10 +129,10 @@ def values(table: Table, row: msgspec.Struct, time: TimeHook | None = None) -> t
     """A row as statement parameters in column order: JSON columns encoded, times through
     ``time`` (the adapter's stamping of the transaction time and its own time format)."""
     out = list(msgspec.structs.astuple(row))
-    for index, column in enumerate(table.columns):
-        if column.is_json:
-            out[index] = dumps_or_null(out[index])
-        elif time is not None and column.is_time:
+    for index in table.json_positions:
+        out[index] = dumps_or_null(out[index])
+    if time is not None:
+        for index in table.time_positions:
             out[index] = time(out[index])
     return tuple(out)
 
@@ -133,15 +147,14 @@ def changes(
     for old, new in pairs:
         names = []
         params: list[Any] = []
-        for name in table.updatable:
+        for name, is_json, is_time in table.updatable_kinds:
             before, after = getattr(old, name), getattr(new, name)
             if before is after or before == after:
                 continue
             names.append(name)
-            column = table.by_name[name]
-            if column.is_json:
+            if is_json:
                 after = dumps_or_null(after)
-            elif time is not None and column.is_time:
+            elif is_time and time is not None:
                 after = time(after)
             params.append(after)
         if names:
@@ -169,7 +182,5 @@ class TxTime:
         return lambda value: now if value is marker else value
 
     def stamped(self, row: WorkflowRun, now: datetime) -> WorkflowRun:
-        changed = {
-            c.name: now for c in RUNS.columns if c.is_time and getattr(row, c.name) is self.marker
-        }
+        changed = {name: now for name in _RUN_TIMES if getattr(row, name) is self.marker}
         return msgspec.structs.replace(row, **changed) if changed else row
