@@ -19,7 +19,7 @@ from ow_es.errors import (
     WorkflowFailed,
 )
 from ow_es.handle import RunHandle
-from ow_es.models import Event, RunPage, RunState, StepAttempt, WorkflowRun
+from ow_es.models import Event, RunPage, RunState, StepAttempt, WorkerInfo, WorkflowRun
 from ow_es.retry import RetryPolicy
 from ow_es.runtime.context import Context, RunInfo
 from ow_es.runtime.worker import Worker
@@ -51,6 +51,7 @@ __all__ = [
     "StoreUnavailable",
     "ValidationError",
     "Worker",
+    "WorkerInfo",
     "Workflow",
     "WorkflowCanceled",
     "WorkflowFailed",

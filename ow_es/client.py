@@ -13,7 +13,7 @@ from ow_es import events as ev
 from ow_es.durations import Duration, to_datetime, utcnow
 from ow_es.errors import ConfigError, RunNotFound, ValidationError
 from ow_es.handle import RunHandle
-from ow_es.models import RUN_STATUSES, Event, RunPage, RunState
+from ow_es.models import RUN_STATUSES, Event, RunPage, RunState, WorkerInfo
 from ow_es.payload import check_name, to_json_value
 from ow_es.projections import fold_run
 from ow_es.reproject import Report, rebuild
@@ -199,6 +199,11 @@ class OpenWorkflow:
             raise RunNotFound(f"run {run_id} not found")
         spec = next((w for w in self._workflows.values() if w.name == run.workflow_name), None)
         return RunHandle(self, run.id, run.workflow_name, spec)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers of this namespace: what each serves, its busy slots, its last
+        heartbeat."""
+        return await self.store.registry.live()
 
     async def list_runs(
         self,

@@ -88,6 +88,19 @@ class RunState(msgspec.Struct, kw_only=True):
     steps: list[StepAttempt]
 
 
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A live worker, as it records itself (``ow.workers()``)."""
+
+    id: str
+    host: str
+    pid: int
+    workflows: list[tuple[str, str | None]]  # (name, version) pairs it serves
+    concurrency: int
+    busy: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
 class RunPage(msgspec.Struct, kw_only=True):
     """A page of ``list_runs``: newest first; ``next_cursor`` is None on the last page."""
 

@@ -20,6 +20,8 @@ from ow_es.dashboard.api import client_of
 from ow_es.dashboard.cache import CountsCache
 from ow_es.models import RUN_STATUSES
 
+STUCK_AFTER_SECONDS = 600.0  # a held run with no event for this long counts as stuck
+
 
 class Snapshot(msgspec.Struct, kw_only=True):
     """What one scrape reports, read from the database."""
@@ -29,9 +31,14 @@ class Snapshot(msgspec.Struct, kw_only=True):
     oldest_ready_age: float
     unowned: int
     log_lag: float
+    workers: int
+    unserved: dict[tuple[str, str | None], int]
+    stuck: int
 
 
-async def take_snapshot(client: OpenWorkflow, counts: CountsCache) -> Snapshot:
+async def take_snapshot(
+    client: OpenWorkflow, counts: CountsCache, stuck_after: float = STUCK_AFTER_SECONDS
+) -> Snapshot:
     store = client.store
     backlog = await store.ready_backlog()
     return Snapshot(
@@ -40,6 +47,9 @@ async def take_snapshot(client: OpenWorkflow, counts: CountsCache) -> Snapshot:
         oldest_ready_age=backlog.oldest_age_seconds,
         unowned=await store.count_unowned(),
         log_lag=await store.log_lag(),
+        workers=len(await store.registry.live()),
+        unserved=await store.registry.unserved_runs(),
+        stuck=len(await store.registry.stuck_runs(stuck_after)),
     )
 
 
@@ -73,6 +83,22 @@ class DatabaseCollector(Collector):
             "Non-terminal runs with neither a live lease nor a timer, waiting for no signal or"
             " child: nothing will pick them up (should be 0).",
             s.unowned,
+        )
+        yield GaugeMetricFamily("ow_es_workers", "Live workers (by their heartbeats).", s.workers)
+        unserved = GaugeMetricFamily(
+            "ow_es_unserved_runs",
+            "Ready runs that no live worker serves (by workflow name and version).",
+            labels=["workflow_name", "version"],
+        )
+        for (name, version), n in sorted(
+            s.unserved.items(), key=lambda i: (i[0][0], i[0][1] or "")
+        ):
+            unserved.add_metric([name, version or ""], n)
+        yield unserved
+        yield GaugeMetricFamily(
+            "ow_es_stuck_runs",
+            f"Runs held by a worker with no event for over {STUCK_AFTER_SECONDS:g} s.",
+            s.stuck,
         )
         yield GaugeMetricFamily(
             "ow_es_log_lag_seconds",

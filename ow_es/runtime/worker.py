@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from ow_es.durations import Duration, to_seconds, utcnow
 from ow_es.errors import OwEsError
 from ow_es.metrics import WorkerMetrics
-from ow_es.models import WorkflowRun
+from ow_es.models import WorkerInfo, WorkflowRun
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
 
@@ -112,6 +112,7 @@ class Worker:
             self._install_signal_handlers()
         if self.metrics is not None:
             self.metrics.start(self)
+        await self._register(workflows)
         heartbeats = asyncio.create_task(self._heartbeat_loop(), name="ow-es-heartbeat")
         try:
             await self._claim_loop(settings, workflows)
@@ -124,6 +125,9 @@ class Worker:
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self.metrics is not None:
                 self.metrics.stop()
+            with contextlib.suppress(OwEsError, asyncio.CancelledError):
+                async with asyncio.timeout(_ABORT_SECONDS / 3):
+                    await store.registry.forget(self.worker_id)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; let in-flight runs finish for up to ``timeout`` seconds (default: the
@@ -211,12 +215,40 @@ class Worker:
         entry = self._active.pop(run_id, None)
         if entry is not None and not entry[0].cancelled() and entry[0].exception() is not None:
             log.error("run %s: executor crashed", run_id, exc_info=entry[0].exception())
+        elif entry is not None:
+            _log_end(entry[1].writer.last_row)
         self._slot_freed.set()
+
+    async def _register(self, workflows: list[tuple[str, str | None]]) -> None:
+        """Record this worker in the registry: what it serves, so runs nobody serves show."""
+        me = WorkerInfo(
+            id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            workflows=workflows,
+            concurrency=self.concurrency,
+            busy=0,
+            started_at=utcnow(),
+            heartbeat_at=utcnow(),
+        )
+        try:
+            await self.client.store.registry.register(me, self._registry_ttl)
+        except OwEsError as exc:
+            log.warning("could not record the worker in the registry: %s", exc)
+
+    @property
+    def _registry_ttl(self) -> float:
+        """A worker that missed this long of heartbeats counts as gone."""
+        return max(self.lease, 3 * self.heartbeat_interval)
 
     async def _heartbeat_loop(self) -> None:
         store = self.client.store
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await store.registry.beat(self.worker_id, busy=len(self._active))
+            except OwEsError as exc:
+                log.warning("registry heartbeat failed: %s", exc)
             claims = {run_id: ex.token for run_id, (_, ex) in self._active.items()}
             if not claims:
                 continue
@@ -286,3 +318,23 @@ async def _release(leftovers: Leftovers) -> None:
     """Hand these runs back to other workers."""
     releases = [execution.release_after_stop() for _, execution in leftovers]
     await asyncio.gather(*releases, return_exceptions=True)
+
+
+def _log_end(run: WorkflowRun | None) -> None:
+    """One line per run this worker ended, with its facts as fields (for JSON logs)."""
+    if run is None or not run.is_terminal or run.finished_at is None:
+        return
+    started = run.started_at or run.created_at
+    duration_ms = round((run.finished_at - started).total_seconds() * 1000)
+    fields = {
+        "workflow": run.workflow_name,
+        "run_id": run.id,
+        "status": run.status,
+        "duration_ms": duration_ms,
+        "attempts": run.attempts,
+    }
+    log.info(
+        "run %s of %s %s in %d ms (attempt %d)",
+        run.id, run.workflow_name, run.status, duration_ms, run.attempts,
+        extra=fields,
+    )  # fmt: skip

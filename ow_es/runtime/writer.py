@@ -60,6 +60,11 @@ class RunWriter:
         self._advance(outcome)
         return outcome
 
+    @property
+    def last_row(self) -> WorkflowRun | None:
+        """The run's row as our last append left it."""
+        return self._row
+
     def _advance(self, outcome: Appended) -> None:
         """Follow our own appends. If someone else appended in between (a signal, a child's
         end), ``seq`` stays behind, so the next expecting write (a park) fails as stale and the

@@ -30,6 +30,7 @@ class Store:
         self.adapter = adapter
         self.namespace = adapter.namespace
         self.dialect = adapter.dialect
+        self.registry = adapter.registry  # who serves what (coordination, not the log)
 
     # -- lifecycle -------------------------------------------------------------------------
 

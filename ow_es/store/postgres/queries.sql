@@ -275,3 +275,57 @@ SELECT e.namespace_id, e.run_id, e.position, e.seq, e.type, e.schema_version, e.
        e.created_at
 FROM unnest(%(ids)s::text[], %(seqs)s::int[]) AS k(run_id, seq)
 JOIN events e ON e.namespace_id = %(ns)s AND e.run_id = k.run_id AND e.seq = k.seq
+
+-- Worker registry: coordination state, refreshed by each worker's heartbeat.
+
+-- name: register_worker
+INSERT INTO workers (namespace_id, id, host, pid, workflows, concurrency, busy, ttl_seconds,
+                     started_at, heartbeat_at)
+VALUES (%(ns)s, %(id)s, %(host)s, %(pid)s, %(workflows)s::jsonb, %(concurrency)s, 0, %(ttl)s,
+        now(), now())
+ON CONFLICT (namespace_id, id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, workflows = excluded.workflows,
+    concurrency = excluded.concurrency, ttl_seconds = excluded.ttl_seconds,
+    heartbeat_at = now()
+RETURNING id
+
+-- name: expire_workers
+DELETE FROM workers WHERE namespace_id = %(ns)s AND heartbeat_at < now() - interval '1 day'
+RETURNING id
+
+-- name: beat_worker
+UPDATE workers SET heartbeat_at = now(), busy = %(busy)s
+WHERE namespace_id = %(ns)s AND id = %(id)s
+RETURNING id
+
+-- name: forget_worker
+DELETE FROM workers WHERE namespace_id = %(ns)s AND id = %(id)s
+RETURNING id
+
+-- name: live_workers
+SELECT * FROM workers
+WHERE namespace_id = %(ns)s AND heartbeat_at + make_interval(secs => ttl_seconds) > now()
+ORDER BY started_at, id
+
+-- name: unserved_runs
+-- Ready runs (workflow_runs_ready) whose name and version no live worker serves.
+WITH served AS (
+    SELECT DISTINCT s.value->>0 AS name, s.value->>1 AS version
+    FROM workers w, jsonb_array_elements(w.workflows) AS s(value)
+    WHERE w.namespace_id = %(ns)s
+      AND w.heartbeat_at + make_interval(secs => w.ttl_seconds) > now()
+)
+SELECT r.workflow_name, r.version, count(*) AS n FROM workflow_runs r
+WHERE r.namespace_id = %(ns)s AND r.status IN ('pending', 'running')
+  AND r.available_at <= now() AND r.claim_token IS NULL
+  AND NOT EXISTS (SELECT 1 FROM served s
+                  WHERE s.name = r.workflow_name AND s.version IS NOT DISTINCT FROM r.version)
+GROUP BY r.workflow_name, r.version
+
+-- name: stuck_runs
+-- Held runs (workflow_runs_leased) with no event for longer than the threshold.
+SELECT * FROM workflow_runs
+WHERE namespace_id = %(ns)s AND lease_until IS NOT NULL AND status = 'running'
+  AND updated_at < now() - make_interval(secs => %(seconds)s)
+ORDER BY updated_at
+LIMIT %(limit)s

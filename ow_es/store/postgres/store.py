@@ -35,6 +35,7 @@ from ow_es.store.port import (
 )
 from ow_es.store.postgres import schema
 from ow_es.store.postgres.errors import RETRYABLE, translate
+from ow_es.store.postgres.registry import PostgresRegistry
 from ow_es.store.postgres.single import OneStatementAppends
 from ow_es.store.postgres.transaction import PostgresTransaction
 from ow_es.store.postgres.wake import Channels, PostgresWakeChannel
@@ -245,24 +246,27 @@ class PostgresStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _fetch(self, query: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
-        async def fetch() -> list[dict[str, Any]]:
+    async def fetch(self, query: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+        """Rows of a read (any statement whose repeat is harmless), retried after a
+        connection failure."""
+
+        async def once() -> list[dict[str, Any]]:
             async with self.connection(what) as conn:
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(cast(Any, query), {"ns": self.namespace, **params})
                 return await cur.fetchall()
 
-        return await self._retrying(what, fetch, idempotent=True)
+        return await self._retrying(what, once, idempotent=True)
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
-        rows = await self._fetch(Q["get_run"], {"id": run_id}, "reading a run")
+        rows = await self.fetch(Q["get_run"], {"id": run_id}, "reading a run")
         return codec.run_from_row(rows[0]) if rows else None
 
     async def list_runs(
         self, *, status: str | None, workflow_name: str | None, limit: int, cursor: str | None
     ) -> RunPage:
         after = codec.decode_cursor(cursor) if cursor else (None, None)
-        rows = await self._fetch(
+        rows = await self.fetch(
             Q["list_runs"],
             {
                 "status": status,
@@ -276,22 +280,22 @@ class PostgresStore:
         return codec.page_of([codec.run_from_row(r) for r in rows], limit)
 
     async def list_children(self, run_id: str) -> list[WorkflowRun]:
-        rows = await self._fetch(Q["list_children"], {"id": run_id}, "listing children")
+        rows = await self.fetch(Q["list_children"], {"id": run_id}, "listing children")
         return [codec.run_from_row(r) for r in rows]
 
     async def step_attempts(self, run_id: str) -> list[StepAttempt]:
-        rows = await self._fetch(Q["step_attempts"], {"id": run_id}, "reading steps")
+        rows = await self.fetch(Q["step_attempts"], {"id": run_id}, "reading steps")
         return [codec.step_from_row(r) for r in rows]
 
     async def read_run_events(self, run_id: str) -> list[Event]:
-        rows = await self._fetch(Q["run_events"], {"id": run_id}, "reading events")
+        rows = await self.fetch(Q["run_events"], {"id": run_id}, "reading events")
         return [codec.event_from_row(r) for r in rows]
 
     async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
         if after is None and barrier:
             await self._check_tx_ids()  # a new reader: make sure it cannot stall forever
         tx, pos = ("0", 0) if after is None else _split_cursor(after)
-        rows = await self._fetch(
+        rows = await self.fetch(
             Q["read_log" if barrier else "read_log_unguarded"],
             {"tx": tx, "pos": pos, "limit": limit},
             "reading the log",
@@ -306,7 +310,7 @@ class PostgresStore:
     async def _check_tx_ids(self) -> None:
         """Events restored by a logical dump into another cluster keep transaction ids ahead of
         its counter; the barrier would hold a reader back until the counter passes them."""
-        rows = await self._fetch(Q["tx_ids_ahead"], {}, "checking transaction ids")
+        rows = await self.fetch(Q["tx_ids_ahead"], {}, "checking transaction ids")
         if rows and rows[0]["ahead"]:
             raise StoreUnavailable(
                 f"the event log holds transaction ids up to {rows[0]['newest']}, ahead of this"
@@ -317,17 +321,21 @@ class PostgresStore:
     async def log_lag(self) -> float:
         """Seconds the oldest transaction still in progress in the cluster has been open: how
         far the log readers' barrier may be held back."""
-        rows = await self._fetch(Q["log_lag"], {}, "measuring the log lag")
+        rows = await self.fetch(Q["log_lag"], {}, "measuring the log lag")
         return float(rows[0]["lag"]) if rows else 0.0
 
     async def count_runs(self) -> dict[tuple[str, str], int]:
-        rows = await self._fetch(Q["count_runs"], {}, "counting runs")
+        rows = await self.fetch(Q["count_runs"], {}, "counting runs")
         return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}
 
     def rebuilder(self) -> Rebuilder:
         from ow_es.store.postgres.rebuild import PostgresRebuilder
 
         return PostgresRebuilder(self)
+
+    @property
+    def registry(self) -> PostgresRegistry:
+        return PostgresRegistry(self)
 
     def wake_channel(self) -> PostgresWakeChannel:
         if self._wake is None:
@@ -337,33 +345,33 @@ class PostgresStore:
     # -- monitoring (dashboard, metrics)
 
     async def ready_backlog(self) -> Backlog:
-        rows = await self._fetch(Q["ready_backlog"], {}, "measuring the backlog")
+        rows = await self.fetch(Q["ready_backlog"], {}, "measuring the backlog")
         return Backlog(ready=int(rows[0]["ready"]), oldest_age_seconds=float(rows[0]["oldest_age"]))
 
     async def count_unowned(self) -> int:
-        rows = await self._fetch(Q["count_unowned"], {}, "counting unowned runs")
+        rows = await self.fetch(Q["count_unowned"], {}, "counting unowned runs")
         return int(rows[0]["n"])
 
     async def runs_per_minute(self, minutes: int) -> list[MinuteCount]:
-        rows = await self._fetch(Q["runs_per_minute"], {"minutes": minutes}, "counting runs")
+        rows = await self.fetch(Q["runs_per_minute"], {"minutes": minutes}, "counting runs")
         return [
             MinuteCount(minute=r["minute"], series=r["series"], count=int(r["n"])) for r in rows
         ]
 
     async def runs_by_key(self, idempotency_key: str) -> list[WorkflowRun]:
-        rows = await self._fetch(Q["runs_by_key"], {"key": idempotency_key}, "finding runs")
+        rows = await self.fetch(Q["runs_by_key"], {"key": idempotency_key}, "finding runs")
         return [codec.run_from_row(r) for r in rows]
 
     async def log_tail(self) -> str | None:
         await self._check_tx_ids()  # a new reader: make sure it cannot stall forever
-        rows = await self._fetch(Q["log_tail"], {}, "reading the log's end")
+        rows = await self.fetch(Q["log_tail"], {}, "reading the log's end")
         return f"{rows[0]['tx_text']}:{rows[0]['position']}" if rows else None
 
     async def events_at(self, keys: Sequence[tuple[str, int]]) -> list[Event]:
         if not keys:
             return []
         params = {"ids": [run_id for run_id, _ in keys], "seqs": [seq for _, seq in keys]}
-        rows = await self._fetch(Q["events_at"], params, "reading events")
+        rows = await self.fetch(Q["events_at"], params, "reading events")
         return [codec.event_from_row(r) for r in rows]
 
     def pool_stats(self) -> PoolStats | None:

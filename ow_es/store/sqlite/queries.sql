@@ -194,3 +194,40 @@ SELECT e.namespace_id, e.run_id, e.position, e.seq, e.type, e.schema_version, e.
 FROM json_each(?2) AS k
 JOIN events e ON e.namespace_id = ?1 AND e.run_id = json_extract(k.value, '$[0]')
              AND e.seq = json_extract(k.value, '$[1]')
+
+-- Worker registry: coordination state, refreshed by each worker's heartbeat.
+
+-- name: register_worker
+INSERT INTO workers (namespace_id, id, host, pid, workflows, concurrency, busy, ttl_seconds,
+                     started_at, heartbeat_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?8)
+ON CONFLICT (namespace_id, id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, workflows = excluded.workflows,
+    concurrency = excluded.concurrency, ttl_seconds = excluded.ttl_seconds,
+    heartbeat_at = excluded.heartbeat_at
+
+-- name: expire_workers
+DELETE FROM workers WHERE namespace_id = ?1 AND heartbeat_at < ?2
+
+-- name: beat_worker
+UPDATE workers SET heartbeat_at = ?3, busy = ?4 WHERE namespace_id = ?1 AND id = ?2
+
+-- name: forget_worker
+DELETE FROM workers WHERE namespace_id = ?1 AND id = ?2
+
+-- name: all_workers
+-- Which are live is decided in Python, with the clock every SQLite time comes from.
+SELECT * FROM workers WHERE namespace_id = ?1 ORDER BY started_at, id
+
+-- name: ready_by_workflow
+SELECT workflow_name, version, count(*) AS n FROM workflow_runs
+WHERE namespace_id = ?1 AND status IN ('pending', 'running')
+  AND available_at <= ?2 AND claim_token IS NULL
+GROUP BY workflow_name, version
+
+-- name: stuck_runs
+SELECT * FROM workflow_runs
+WHERE namespace_id = ?1 AND lease_until IS NOT NULL AND status = 'running'
+  AND updated_at < ?2
+ORDER BY updated_at
+LIMIT ?3

@@ -26,6 +26,7 @@ from ow_es.store.port import (
 )
 from ow_es.store.rebuild_port import Rebuilder
 from ow_es.store.sqlite.errors import translate
+from ow_es.store.sqlite.registry import SqliteRegistry
 from ow_es.store.sqlite.transaction import SqliteTransaction, row_dict, ts, workflows_json
 from ow_es.store.sqlite.wake import SqliteWakeChannel
 
@@ -185,7 +186,7 @@ class SqliteStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    async def fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         try:
             rows = await self._require(self._reader).execute_fetchall(query, params)
             return [row_dict(r) for r in rows]
@@ -193,7 +194,7 @@ class SqliteStore:
             raise translate(exc, "reading") from None
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
-        rows = await self._fetch(Q["get_run"], (self.namespace, run_id))
+        rows = await self.fetch(Q["get_run"], (self.namespace, run_id))
         return codec.run_from_row(rows[0]) if rows else None
 
     async def list_runs(
@@ -201,7 +202,7 @@ class SqliteStore:
     ) -> RunPage:
         created, run_id = codec.decode_cursor(cursor) if cursor else (None, None)
         after = ts(created)
-        rows = await self._fetch(
+        rows = await self.fetch(
             Q["list_runs"],
             (
                 self.namespace,
@@ -218,20 +219,20 @@ class SqliteStore:
         return codec.page_of([codec.run_from_row(r) for r in rows], limit)
 
     async def list_children(self, run_id: str) -> list[WorkflowRun]:
-        rows = await self._fetch(Q["list_children"], (self.namespace, run_id))
+        rows = await self.fetch(Q["list_children"], (self.namespace, run_id))
         return [codec.run_from_row(r) for r in rows]
 
     async def step_attempts(self, run_id: str) -> list[StepAttempt]:
-        rows = await self._fetch(Q["step_attempts"], (self.namespace, run_id))
+        rows = await self.fetch(Q["step_attempts"], (self.namespace, run_id))
         return [codec.step_from_row(r) for r in rows]
 
     async def read_run_events(self, run_id: str) -> list[Event]:
-        rows = await self._fetch(Q["run_events"], (self.namespace, run_id))
+        rows = await self.fetch(Q["run_events"], (self.namespace, run_id))
         return [codec.event_from_row(r) for r in rows]
 
     async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
         position = int(after) if after else 0
-        rows = await self._fetch(Q["read_log"], (position, self.namespace, limit))
+        rows = await self.fetch(Q["read_log"], (position, self.namespace, limit))
         cursor = str(rows[-1]["position"]) if rows else after
         return LogBatch(events=[codec.event_from_row(r) for r in rows], cursor=cursor)
 
@@ -239,13 +240,17 @@ class SqliteStore:
         return 0.0  # writers are serialised: nothing committed is ever held back
 
     async def count_runs(self) -> dict[tuple[str, str], int]:
-        rows = await self._fetch(Q["count_runs"], (self.namespace,))
+        rows = await self.fetch(Q["count_runs"], (self.namespace,))
         return {(r["workflow_name"], r["status"]): int(r["n"]) for r in rows}
 
     def rebuilder(self) -> Rebuilder:
         from ow_es.store.sqlite.rebuild import SqliteRebuilder
 
         return SqliteRebuilder(self)
+
+    @property
+    def registry(self) -> SqliteRegistry:
+        return SqliteRegistry(self)
 
     def wake_channel(self) -> SqliteWakeChannel:
         return self._wake
@@ -254,18 +259,18 @@ class SqliteStore:
 
     async def ready_backlog(self) -> Backlog:
         now = _now()
-        rows = await self._fetch(Q["ready_backlog"], (self.namespace, ts(now)))
+        rows = await self.fetch(Q["ready_backlog"], (self.namespace, ts(now)))
         oldest = rows[0]["oldest"]
         age = (now - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
         return Backlog(ready=int(rows[0]["ready"]), oldest_age_seconds=max(age, 0.0))
 
     async def count_unowned(self) -> int:
-        rows = await self._fetch(Q["count_unowned"], (self.namespace, ts(_now())))
+        rows = await self.fetch(Q["count_unowned"], (self.namespace, ts(_now())))
         return int(rows[0]["n"])
 
     async def runs_per_minute(self, minutes: int) -> list[MinuteCount]:
         since = ts(_now() - timedelta(minutes=minutes))
-        rows = await self._fetch(Q["runs_per_minute"], (self.namespace, since))
+        rows = await self.fetch(Q["runs_per_minute"], (self.namespace, since))
         return [
             MinuteCount(
                 minute=datetime.fromisoformat(r["minute"]).replace(tzinfo=UTC),
@@ -276,18 +281,18 @@ class SqliteStore:
         ]
 
     async def runs_by_key(self, idempotency_key: str) -> list[WorkflowRun]:
-        rows = await self._fetch(Q["runs_by_key"], (self.namespace, idempotency_key))
+        rows = await self.fetch(Q["runs_by_key"], (self.namespace, idempotency_key))
         return [codec.run_from_row(r) for r in rows]
 
     async def log_tail(self) -> str | None:
-        rows = await self._fetch(Q["log_tail"], ())
+        rows = await self.fetch(Q["log_tail"], ())
         return None if rows[0]["position"] is None else str(rows[0]["position"])
 
     async def events_at(self, keys: Sequence[tuple[str, int]]) -> list[Event]:
         if not keys:
             return []
         pairs = tables.dumps([[run_id, seq] for run_id, seq in keys])
-        rows = await self._fetch(Q["events_at"], (self.namespace, pairs))
+        rows = await self.fetch(Q["events_at"], (self.namespace, pairs))
         return [codec.event_from_row(r) for r in rows]
 
     def pool_stats(self) -> PoolStats | None:
