@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,9 +52,76 @@ def validate_namespace(namespace: str) -> str:
     return namespace
 
 
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+HIDDEN = "***"
+
+
+def _parameters(url: str) -> dict[str, str] | None:
+    """libpq's reading of a URL or keyword DSN; None when libpq cannot read it."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return {key: str(value) for key, value in conninfo_to_dict(url).items()}
+    except psycopg.Error:
+        return None
+
+
+def _host_without_userinfo(host: str) -> str:
+    """An unencoded ``@`` in a URL's password makes libpq read the password's tail as part of
+    the host (``u:p@ss@h`` -> password ``p``, host ``ss@h``): hide that tail as well."""
+    return ",".join(
+        f"{HIDDEN}@{part.rpartition('@')[2]}" if "@" in part else part for part in host.split(",")
+    )
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The connection string without its secrets, for messages.
+
+    libpq parses it (``psycopg.conninfo``), so a password in the URL's user part, in its query
+    (``?password=``) or in a keyword DSN (``password=``) is found wherever it is; the result is
+    the keyword form with each secret as ``***``. A string without secrets comes back as it is;
+    one libpq cannot parse is masked by pattern.
+    """
+    from psycopg.conninfo import make_conninfo
+
+    params = _parameters(url)
+    if params is None:
+        return _mask_unparsed(url)
+    hidden = {key: _hidden(key, value) for key, value in params.items()}
+    return url if hidden == params else make_conninfo("", **hidden)
+
+
+def _hidden(key: str, value: str) -> str:
+    if key in _SECRET_KEYS:
+        return HIDDEN
+    return _host_without_userinfo(value) if key == "host" else value
+
+
+def _mask_unparsed(text: str) -> str:
+    text = re.sub(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", rf"\1{HIDDEN}", text)
+    return re.sub(r"^(\w[\w+.-]*://[^:/@]*):[^/]*@", rf"\1:{HIDDEN}@", text)
+
+
+def secrets(url: str) -> list[str]:
+    """The parts of ``url`` no message may show: its passwords and, for a password with an
+    unencoded ``@``, the host libpq made of its tail (longest first, for replacing)."""
+    params = _parameters(url) or {}
+    found = {value for key, value in params.items() if key in _SECRET_KEYS and value}
+    found.update(part for part in params.get("host", "").split(",") if "@" in part)
+    return sorted(found, key=len, reverse=True)
+
+
+def redact_text(text: str, urls: Iterable[str]) -> str:
+    """``text`` with every secret of ``urls`` replaced by ``***`` (a host that hid a password's
+    tail keeps its real part: ``***@h``)."""
+    for url in urls:
+        for secret in secrets(url):
+            if "@" in secret:
+                text = text.replace(secret, _host_without_userinfo(secret))
+            else:
+                text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", HIDDEN, text)
+    return text
 
 
 def sqlite_path_from_url(url: str) -> str:
@@ -108,4 +176,5 @@ def _check_postgres_url(url: str) -> None:
     try:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid PostgreSQL URL {redact(url)!r}: {exc}") from None
+        detail = redact_text(str(exc), [url]).replace(url, redact(url))
+        raise ConfigError(f"invalid PostgreSQL URL {redact(url)!r}: {detail}") from None

@@ -94,3 +94,41 @@ def test_client_is_safe_at_import_time() -> None:
     client = ow_es.OpenWorkflow()  # no I/O, no environment read yet
     with pytest.raises(ow_es.ConfigError, match="not connected"):
         _ = client.store
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:p@ss@h/db", "user=u password=*** dbname=db host=***@h"),
+        ("postgresql://u@h/db?password=hunter2", "user=u password=*** dbname=db host=h"),
+        ("host=h password=x", "password=*** host=h"),
+        ("postgresql://u:p%40ss@h:5433/db", "user=u password=*** dbname=db host=h port=5433"),
+        ("host=h sslpassword=keypass", "host=h sslpassword=***"),
+    ],
+)
+def test_redact_hides_passwords_wherever_libpq_finds_them(url: str, shown: str) -> None:
+    assert config.redact(url) == shown
+
+
+def test_redact_leaves_urls_without_secrets_and_masks_what_libpq_cannot_read() -> None:
+    assert config.redact("postgresql://u@h:5432/db") == "postgresql://u@h:5432/db"
+    assert config.redact("sqlite:///ow.db") == "sqlite:///ow.db"
+    assert config.redact("mysql://u:p@ss@h/db?password=zz") == "mysql://u:***@h/db?password=***"
+
+
+def test_redact_text_hides_a_drivers_echo_of_the_secrets() -> None:
+    url = "postgresql://u:p@ss@h/db"
+    text = config.redact_text("failed to resolve host 'ss@h'", [url])
+    assert text == "failed to resolve host '***@h'"
+    url = "postgresql://u@h/db?password=hunter2"
+    assert config.redact_text("hunter2 hunter22", [url]) == "*** hunter22"
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:p@ss@127.0.0.1:1/db", "postgresql://u@127.0.0.1:1/db?password=hunter2"]
+)
+async def test_connection_errors_show_no_password(url: str) -> None:
+    with pytest.raises(ow_es.StoreUnavailable) as info:
+        await ow_es.connect(url)
+    assert "p@ss" not in str(info.value) and "hunter2" not in str(info.value)
+    assert "password=***" in str(info.value)
