@@ -115,12 +115,12 @@ async def test_each_finished_run_is_logged_once_with_its_facts(
             ]
 
         await eventually(lambda: len(ended()) == 2, 5, "both runs logged")
-    by_run = {r.run_id: r for r in ended()}
+    by_run = {r.__dict__["run_id"]: r for r in ended()}
     assert len(ended()) == 2
-    assert by_run[ok.run_id].status == "completed"
-    assert by_run[bad.run_id].status == "failed"
+    assert by_run[ok.run_id].__dict__["status"] == "completed"
+    assert by_run[bad.run_id].__dict__["status"] == "failed"
     for record in by_run.values():
-        assert record.workflow == "logged"
-        assert record.duration_ms >= 0
-        assert record.attempts == 1
+        assert record.__dict__["workflow"] == "logged"
+        assert record.__dict__["duration_ms"] >= 0
+        assert record.__dict__["attempts"] == 1
         assert record.getMessage().startswith("run ")
