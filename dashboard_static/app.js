@@ -1,4 +1,4 @@
-// The dashboard's hash router: #/ overview, #/runs, #/run/{id}, #/start, #/signal.
+// The dashboard's hash router: #/ overview, #/runs, #/run/{id}, #/workers, #/start, #/signal.
 
 import { h, replace } from "./dom.js";
 import { startStream } from "./api.js";
@@ -6,6 +6,7 @@ import { overviewPage } from "./overview.js";
 import { runsPage } from "./runs.js";
 import { runPage } from "./run.js";
 import { startPage, signalPage } from "./actions.js";
+import { workersPage } from "./workers.js";
 
 const root = document.getElementById("page");
 let current = null;
@@ -25,6 +26,7 @@ function route() {
   if (path === "/" || path === "") page = overviewPage(root, signal);
   else if (path === "/runs") page = runsPage(root, signal, params);
   else if (path.startsWith("/run/")) page = runPage(root, signal, decodeURIComponent(path.slice(5)));
+  else if (path === "/workers") page = workersPage(root, signal);
   else if (path === "/start") page = startPage(root, signal);
   else if (path === "/signal") page = Promise.resolve(signalPage(root));
   else page = Promise.resolve(replace(root, h("h2", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the overview"))));

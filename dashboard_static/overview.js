@@ -1,4 +1,5 @@
-// Overview: counts per status and workflow, runs per minute, backlog, unowned runs.
+// Overview: counts per status and workflow, runs per minute, backlog, unowned runs, live
+// workers and the runs no live worker serves.
 
 import { api, onEvent } from "./api.js";
 import { h, replace, duration, statusBadge } from "./dom.js";
@@ -11,9 +12,9 @@ export async function overviewPage(root, signal) {
   replace(root, h("h2", {}, "Overview"), body);
   let timer = null;
   const refresh = async () => {
-    const [counts, stats] = await Promise.all([api("/api/counts"), api("/api/stats")]);
+    const [counts, stats, fleet] = await Promise.all([api("/api/counts"), api("/api/stats"), api("/api/workers")]);
     if (signal.aborted) return;
-    replace(body, render(counts, stats));
+    replace(body, render(counts, stats, fleet));
   };
   await refresh();
   // Counts are shared by the server for up to 2 s: refresh soon after events, and once
@@ -28,7 +29,7 @@ export async function overviewPage(root, signal) {
   signal.addEventListener("abort", () => { stop(); clearInterval(every); clearTimeout(timer); clearTimeout(trailing); });
 }
 
-function render(counts, stats) {
+function render(counts, stats, fleet) {
   const total = STATUSES.reduce((sum, s) => sum + counts.by_status[s], 0);
   const cards = h("div", { class: "cards" },
     STATUSES.map((s) => h("a", { class: `card status-card status-${s}`, href: `#/runs?status=${s}`, id: `count-${s}` },
@@ -46,7 +47,8 @@ function render(counts, stats) {
       h("div", { class: "card-label" }, "oldest ready run waiting")),
     h("div", { class: `card ${stats.unowned_runs ? "bad" : ""}`, id: "unowned-runs" },
       h("div", { class: "card-value" }, String(stats.unowned_runs)),
-      h("div", { class: "card-label" }, "unowned runs (should be 0)")));
+      h("div", { class: "card-label" }, "unowned runs (should be 0)")),
+    workerCards(fleet, stats.ready_runs));
 
   const names = Object.keys(counts.by_workflow).sort();
   const table = names.length
@@ -66,5 +68,23 @@ function render(counts, stats) {
     h("section", { class: "panel" }, h("h3", {}, "Backlog"), health),
     h("section", { class: "panel" }, h("h3", {}, "Runs per minute, last hour"), perMinuteChart(stats.per_minute)),
     h("section", { class: "panel" }, h("h3", {}, "By workflow"), table),
+  ];
+}
+
+// Who serves the backlog: live workers, and (when there are any) ready runs that none of them
+// serves or runs held without progress, each a link to the workers page.
+function workerCards(fleet, ready) {
+  const unserved = fleet.unserved.reduce((sum, u) => sum + u.ready, 0);
+  const stuck = fleet.stuck.length;
+  return [
+    h("a", { class: `card ${!fleet.workers.length && ready ? "warn" : ""}`, href: "#/workers", id: "live-workers-count" },
+      h("div", { class: "card-value" }, String(fleet.workers.length)),
+      h("div", { class: "card-label" }, fleet.workers.length === 1 ? "live worker" : "live workers")),
+    unserved ? h("a", { class: "card bad", href: "#/workers", id: "unserved-runs" },
+      h("div", { class: "card-value" }, String(unserved)),
+      h("div", { class: "card-label" }, "ready runs no live worker serves")) : null,
+    stuck ? h("a", { class: "card warn", href: "#/workers", id: "stuck-runs" },
+      h("div", { class: "card-value" }, fleet.stuck_more ? `${stuck}+` : String(stuck)),
+      h("div", { class: "card-label" }, "runs held without progress")) : null,
   ];
 }

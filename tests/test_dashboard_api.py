@@ -309,6 +309,120 @@ async def test_cancel_resume_and_signal(make_client: ClientFactory) -> None:
             assert response.status_code == 404
 
 
+# -- workers ------------------------------------------------------------------------------------
+
+
+async def test_workers_lists_live_workers_unserved_and_stuck_runs(
+    make_client: ClientFactory,
+) -> None:
+    ow = await make_client()
+    release = asyncio.Event()
+
+    @ow.workflow(name="alpha")
+    async def alpha(ctx: Context, inp: None) -> str:
+        async def hold() -> str:
+            await release.wait()
+            return "held"
+
+        return await ctx.step.run("hold", hold)
+
+    await ow.connect()
+    producer = await connected(make_client)
+    beta = await producer.start("beta", None)  # nobody serves beta
+    await producer.start("beta", None, version="2")
+    await producer.start("beta", None, version="2")
+    async with (
+        serve_dashboard(ow) as url,
+        httpx.AsyncClient(base_url=url, timeout=20) as http,
+    ):
+        empty = (await http.get("/api/workers")).json()
+        assert empty["workers"] == [] and empty["stuck"] == [] and empty["stuck_more"] is False
+        assert empty["unserved"] == [
+            {"workflow_name": "beta", "version": None, "ready": 1},
+            {"workflow_name": "beta", "version": "2", "ready": 2},
+        ]
+        assert empty["stuck_after_seconds"] == 600
+
+        worker_options = {"concurrency": 3, "lease": "2s", "heartbeat": "100ms"}
+        async with running_worker(ow, worker_id="w-alpha", **worker_options):
+            body = (await http.get("/api/workers")).json()
+            (me,) = body["workers"]
+            assert me["id"] == "w-alpha"
+            assert (me["host"], me["pid"]) == (socket.gethostname(), os.getpid())
+            assert me["workflows"] == [{"name": "alpha", "version": None}]
+            assert (me["concurrency"], me["busy"], me["idle"]) == (3, 0, 3)
+            beat = datetime.fromisoformat(me["heartbeat_at"])
+            assert datetime.fromisoformat(me["started_at"]) <= beat <= datetime.now(UTC)
+            assert 0 <= me["heartbeat_age_seconds"] < 10
+            assert [u["workflow_name"] for u in body["unserved"]] == ["beta", "beta"]
+
+            # A body in progress takes a slot; the heartbeat reports it.
+            busy = await alpha.start(None)
+
+            async def one_busy() -> Any:
+                (w,) = (await http.get("/api/workers")).json()["workers"]
+                return w if (w["busy"], w["idle"]) == (1, 2) else None
+
+            await eventually(one_busy)
+            release.set()
+            assert await busy.result(timeout=15) == "held"
+
+            # A worker serving beta (no version) takes its run off the list; version 2 stays.
+            beta_client = await make_client()
+
+            @beta_client.workflow(name="beta")
+            async def beta_body(ctx: Context, inp: None) -> str:
+                return "served"
+
+            await beta_client.connect()
+            async with running_worker(beta_client, worker_id="w-beta"):
+                served = await beta_client.get_handle(beta.run_id)
+                assert await served.result(timeout=15) == "served"
+                body = (await http.get("/api/workers")).json()
+                assert {w["id"] for w in body["workers"]} == {"w-alpha", "w-beta"}
+                assert body["unserved"] == [{"workflow_name": "beta", "version": "2", "ready": 2}]
+        assert (await http.get("/api/workers")).json()["workers"] == []  # they left
+
+        # A run held by a worker that makes no progress: stuck once past the threshold.
+        gamma = await producer.start("gamma", None)
+        (held,) = await producer.store.claim("w", [("gamma", None)], 1, 300)
+        assert held.id == gamma.run_id
+        assert (await http.get("/api/workers")).json()["stuck"] == []  # not for 600 s
+
+        async def stuck() -> Any:
+            body = (await http.get("/api/workers", params={"stuck_after": "0"})).json()
+            return body if body["stuck"] else None
+
+        body = await eventually(stuck)
+        (run,) = body["stuck"]
+        assert (run["id"], run["workflow_name"], run["worker_id"]) == (gamma.run_id, "gamma", "w")
+        assert run["status"] == "running" and run["version"] is None
+        assert datetime.fromisoformat(run["updated_at"]) == held.updated_at
+        assert run["idle_seconds"] >= 0 and body["stuck_after_seconds"] == 0
+        assert all(u["workflow_name"] != "gamma" for u in body["unserved"])  # held, not ready
+        later = await http.get("/api/workers", params={"stuck_after": "1h"})
+        assert later.json()["stuck"] == [] and later.json()["stuck_after_seconds"] == 3600
+
+        for bad in ("soon", "-1", "nan", "inf", "1e400", "5 parsecs", "20y"):
+            response = await http.get("/api/workers", params={"stuck_after": bad})
+            assert response.status_code == 422, bad
+            assert set(response.json()) == {"error"} and "stuck_after" in response.json()["error"]
+
+
+async def test_workers_threshold_comes_from_the_environment(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ow = await connected(make_client)
+    monkeypatch.setenv("OW_ES_STUCK_AFTER", "90s")
+    async with serve_dashboard(ow) as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/api/workers")).json()["stuck_after_seconds"] == 90
+    monkeypatch.setenv("OW_ES_STUCK_AFTER", "1.5")
+    assert create_app(ow).state.stuck_after == 1.5
+    monkeypatch.setenv("OW_ES_STUCK_AFTER", "a while")
+    with pytest.raises(ow_es.ConfigError, match="OW_ES_STUCK_AFTER"):
+        create_app(ow)
+
+
 # -- the live stream ----------------------------------------------------------------------------
 
 
@@ -413,7 +527,8 @@ async def test_token_guards_data_routes_but_not_healthz(make_client: Any) -> Non
     ):
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/")).status_code == 200  # the page holds no data; it asks
-        for path in ("/api/runs", "/api/counts", f"/api/runs/{run.run_id}", "/metrics"):
+        paths = ("/api/runs", "/api/counts", f"/api/runs/{run.run_id}", "/api/workers", "/metrics")
+        for path in paths:
             denied = await http.get(path)
             assert denied.status_code == 401, path
             assert denied.json() == {

@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's headless Chromium, driven by Playwright): start a
 run from the form and watch it appear and finish without a reload, travel back in its
-history, read a failed attempt's error, cancel a sleeping run, signal a waiting one, and see
-that user data is shown as text and never runs.
+history, read a failed attempt's error, cancel a sleeping run, signal a waiting one, see the
+live workers and the runs none of them serves, and see that user data is shown as text and
+never runs.
 
 Chromium comes from the system (``apt-get install chromium``), never from a download. Without
 it these tests are skipped loudly on a developer's machine and fail under CI (``CI`` set)."""
@@ -212,6 +213,61 @@ async def test_failed_attempts_cancel_and_signal(browser: Any, ow: ow_es.OpenWor
         await page.locator(".run-header .badge", has_text="completed").wait_for(timeout=20_000)
         assert await waiting.result(timeout=5) == {"by": "ada"}
         assert watched.errors == []
+
+
+async def test_workers_page_shows_live_workers_and_flags_unserved_runs(
+    browser: Any, ow: ow_es.OpenWorkflow
+) -> None:
+    define(ow)
+    await ow.connect()
+    hostile = "<img src=x onerror=alert(4)>"
+    await ow.start("not-served-here", {"n": 1})
+    await ow.start("not-served-here", {"n": 2})
+    async with running_worker(ow, concurrency=3) as worker, serve_dashboard(ow) as url:
+        watched = await new_page(browser)
+        page = watched.page
+        await page.goto(f"{url}/#/")
+        unserved_card = page.locator("#unserved-runs")
+        await unserved_card.locator(".card-value", has_text="2").wait_for()
+        assert await page.locator("#live-workers-count .card-value").inner_text() == "1"
+        await unserved_card.click()
+        await page.wait_for_url("**/#/workers")
+        assert await page.locator("nav a.active").inner_text() == "Workers"
+
+        row = page.locator(f'#workers-table tr[data-worker-id="{worker.worker_id}"]')
+        await row.wait_for()
+        text = await row.inner_text()
+        assert worker.worker_id in text and str(os.getpid()) in text
+        served = await row.locator("td.serves .tag").all_inner_texts()
+        assert sorted(served) == ["approval", "flaky-charge", "greet", "nap"]
+        assert "0 / 3" in await row.locator("td.busy").inner_text()
+        assert "s ago" in await row.locator("td.heartbeat").inner_text()
+
+        section = page.locator("#unserved.flagged")
+        flagged = section.locator('tr[data-workflow="not-served-here"]')
+        await flagged.wait_for()
+        assert (await flagged.locator("td").nth(2).inner_text()) == "2"
+        assert await page.locator("#no-stuck").is_visible()  # nothing held for 10 min
+
+        # Live: a new stranded run shows up without a reload, its name as text.
+        await ow.start(hostile, None, version="3")
+        odd = section.locator("tbody tr", has_text=hostile)
+        await odd.wait_for()
+        assert await odd.locator("td").nth(1).inner_text() == "3"
+        assert await page.locator("img[src=x]").count() == 0
+
+        await flagged.get_by_role("link").click()
+        await page.wait_for_url("**/#/runs?workflow=not-served-here")
+        await page.locator("#runs-table tbody tr").nth(1).wait_for()
+        assert await page.locator("#runs-table tbody tr").count() == 2
+        assert watched.errors == [] and watched.dialogs == []
+
+    # With no worker left, the page says so.
+    async with serve_dashboard(ow) as url:
+        await page.goto(f"{url}/#/workers")
+        await page.locator("#no-workers").wait_for()
+        assert await page.locator("#workers-table").count() == 0
+        await page.locator('#unserved tr[data-workflow="not-served-here"]').wait_for()
 
 
 async def test_user_data_is_rendered_as_text_and_never_runs(

@@ -80,6 +80,50 @@ async def test_dashboard_gauges_after_a_known_workload(make_client: ClientFactor
     assert value(samples, "ow_es_unowned_runs") == 1
     assert held.workflow_name == "gamma"
     assert value(samples, "ow_es_log_lag_seconds") >= 0
+    assert value(samples, "ow_es_workers") == 0  # the worker left when it stopped
+    unserved = {key: n for key, n in samples.items() if key[0] == "ow_es_unserved_runs"}
+    assert unserved == {
+        ("ow_es_unserved_runs", (("version", ""), ("workflow_name", "beta"))): 1
+    }  # gamma's run is held (its lease ran out), not ready
+    assert value(samples, "ow_es_stuck_runs") == 0  # held for 0.1 s, not 600 s
+
+
+async def test_dashboard_worker_gauges(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live workers, ready runs no live worker serves, and runs held without progress past
+    the threshold (``OW_ES_STUCK_AFTER``, 0 here)."""
+    ow = await make_client()
+
+    @ow.workflow(name="alpha")
+    async def alpha(ctx: Context, inp: None) -> str:
+        return "ok"
+
+    await ow.connect()
+    await ow.start("beta", None)  # no worker serves beta, in any version
+    await ow.start("beta", None, version="2")
+    await ow.start("beta", None, version="2")
+    await ow.start("gamma", None)
+    await ow.start("gamma", None)
+    (held,) = await ow.store.claim("w", [("gamma", None)], 1, 300)  # held, no progress
+    monkeypatch.setenv("OW_ES_STUCK_AFTER", "0")
+    async with (
+        running_worker(ow, worker_id="w-alpha"),
+        running_worker(ow, worker_id="w-alpha-2"),
+        serve_dashboard(ow) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        await asyncio.sleep(0.01)  # past the threshold: held before now
+        samples = parse((await http.get("/metrics")).text)
+    assert value(samples, "ow_es_workers") == 2
+    unserved = {
+        dict(labels)["workflow_name"] + "@" + dict(labels)["version"]: n
+        for (name, labels), n in samples.items()
+        if name == "ow_es_unserved_runs"
+    }
+    assert unserved == {"beta@": 1, "beta@2": 2, "gamma@": 1}
+    assert value(samples, "ow_es_stuck_runs") == 1
+    assert held.worker_id == "w"
 
 
 async def test_dashboard_gauges_of_an_empty_namespace(make_client: Any) -> None:
@@ -91,6 +135,9 @@ async def test_dashboard_gauges_of_an_empty_namespace(make_client: Any) -> None:
     assert value(samples, "ow_es_ready_runs") == 0
     assert value(samples, "ow_es_oldest_ready_run_age_seconds") == 0
     assert value(samples, "ow_es_unowned_runs") == 0
+    assert value(samples, "ow_es_workers") == 0
+    assert not [key for key in samples if key[0] == "ow_es_unserved_runs"]
+    assert value(samples, "ow_es_stuck_runs") == 0
 
 
 def scrape(port: int) -> Samples:

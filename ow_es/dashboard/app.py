@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ow_es.client import OpenWorkflow
-from ow_es.dashboard import api
+from ow_es.dashboard import api, fleet
 from ow_es.dashboard.auth import AuthMiddleware
 from ow_es.dashboard.cache import CountsCache
 from ow_es.dashboard.jsonio import (
@@ -89,6 +89,7 @@ def create_app(client: OpenWorkflow, *, token: str | None = None) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/stream", stream, methods=["GET"]),
             *api.ROUTES,
+            *fleet.ROUTES,
             Mount("/static", StaticFiles(directory=folder), name="static"),
         ],
         middleware=[
@@ -104,5 +105,6 @@ def create_app(client: OpenWorkflow, *, token: str | None = None) -> Starlette:
     )
     app.state.client = client
     app.state.counts = CountsCache()
+    app.state.stuck_after = fleet.stuck_after_setting()  # OW_ES_STUCK_AFTER, default 600 s
     app.state.stopping = asyncio.Event()  # set when the server stops: live streams end
     return app

@@ -97,7 +97,8 @@ class DatabaseCollector(Collector):
         yield unserved
         yield GaugeMetricFamily(
             "ow_es_stuck_runs",
-            f"Runs held by a worker with no event for over {STUCK_AFTER_SECONDS:g} s.",
+            "Runs held by a worker with no event for longer than the stuck threshold"
+            f" (OW_ES_STUCK_AFTER, default {STUCK_AFTER_SECONDS:g} s).",
             s.stuck,
         )
         yield GaugeMetricFamily(
@@ -114,5 +115,6 @@ def render(snapshot: Snapshot) -> bytes:
 
 
 async def metrics(request: Request) -> Response:
-    snapshot = await take_snapshot(client_of(request), request.app.state.counts)
+    stuck_after = getattr(request.app.state, "stuck_after", STUCK_AFTER_SECONDS)
+    snapshot = await take_snapshot(client_of(request), request.app.state.counts, stuck_after)
     return Response(render(snapshot), media_type=CONTENT_TYPE_LATEST)
