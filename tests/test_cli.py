@@ -4,6 +4,9 @@ real subprocess stopped by SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
+import sqlite3
 import sys
 import textwrap
 import time
@@ -13,12 +16,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import click
 import msgspec
+import psycopg
 import pytest
 
 import ow_es
+from ow_es import logging_setup
+from ow_es.cli import main, runs_bulk
 from ow_es.store import migrator
-from tests.support.cli import ainvoke, assert_one_line_error, db_args, db_env, invoke, ok
+from tests.support.cli import (
+    ainvoke,
+    assert_one_line_error,
+    assert_usage_error,
+    db_args,
+    db_env,
+    invoke,
+    ok,
+)
 from tests.support.databases import ClientFactory
 from tests.support.processes import Process, Processes
 from tests.support.runs import event_types
@@ -72,7 +87,11 @@ APP_WITH_CLIENT = """
 
 @pytest.mark.parametrize(
     "command",
-    [["worker"], ["migrate"], ["doctor"], ["runs", "list"], ["runs", "show"], ["runs", "resume"]],
+    [
+        *(["worker"], ["migrate"], ["doctor"], ["signal"], ["reproject"]),
+        *(["runs", "list"], ["runs", "show"], ["runs", "resume"]),
+        *(["runs", "start"], ["runs", "cancel"]),
+    ],
 )
 def test_help_shows_every_options_env_var(command: list[str]) -> None:
     text = ok(invoke(*command, "--help"))
@@ -80,8 +99,33 @@ def test_help_shows_every_options_env_var(command: list[str]) -> None:
         assert name in text
     assert "OPENWORKFLOW_NAMESPACE_ID" in text
     if command == ["worker"]:
-        for name in ("OW_ES_CONCURRENCY", "OW_ES_LEASE", "OW_ES_STOP_TIMEOUT"):
+        for name in (
+            *("OW_ES_CONCURRENCY", "OW_ES_LEASE", "OW_ES_STOP_TIMEOUT"),
+            *("OW_ES_CONNECT_TIMEOUT", "OW_ES_LOG_FORMAT"),
+        ):
             assert name in text
+
+
+def test_every_option_reads_an_environment_variable() -> None:
+    def commands(group: click.Group, path: str) -> Iterator[tuple[str, click.Command]]:
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{path} {name}")
+            else:
+                yield f"{path} {name}", command
+
+    for path, command in commands(main, "ow-es"):
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.envvar, f"{path} {param.opts[0]} reads no environment variable"
+
+
+def test_help_documents_the_exit_statuses() -> None:
+    text = ok(invoke("--help"))
+    assert "Exit status:" in text
+    assert "0  success" in text
+    assert "1  the command failed: one line `error: <cause>`" in text
+    assert "2  usage error" in text
 
 
 def test_migrate_dry_run_then_apply_then_up_to_date(db: dict[str, Any]) -> None:
@@ -99,6 +143,8 @@ def test_migrate_dry_run_then_apply_then_up_to_date(db: dict[str, Any]) -> None:
 
 
 def test_doctor_fails_before_migrate_and_passes_after(db: dict[str, Any]) -> None:
+    if db["backend"] == "sqlite":
+        Path(db["url"].removeprefix("sqlite:///")).touch()  # an empty database
     result = invoke("doctor", *db_args(db))
     assert_one_line_error(result, "1 check(s) failed")
     assert "FAIL  schema: version 0" in result.stdout and "ow-es migrate" in result.stdout
@@ -160,9 +206,12 @@ def test_run_commands_do_not_migrate_behind_your_back(db: dict[str, Any]) -> Non
 
 
 def test_worker_needs_an_app(app_dir: Path) -> None:
-    assert_one_line_error(invoke("worker"), "no APP given")
+    assert_usage_error(invoke("worker"), "no APP given")
+    assert_usage_error(invoke("worker", "app:"), "invalid APP")
     (app_dir / "pyproject.toml").write_text('[tool.ow-es]\napp = "missing_mod:ow"\n')
-    assert_one_line_error(invoke("worker"), "cannot import 'missing_mod'")
+    assert_one_line_error(
+        invoke("worker"), "cannot import missing_mod: ModuleNotFoundError: No module named"
+    )
 
 
 def test_worker_rejects_bad_settings_in_one_line(db: dict[str, Any], app_dir: Path) -> None:
@@ -279,6 +328,403 @@ async def test_runs_cancel_and_resume(ow: ow_es.OpenWorkflow, db: dict[str, Any]
     assert_one_line_error(
         await ainvoke("runs", "resume", ids["failed"], *db_args(db)), "only a failed run"
     )
+
+
+# -- runs start, signal --------------------------------------------------------------------------
+
+
+async def test_runs_start_by_name_with_version_key_and_json(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    await ow.connect()  # creates the schema
+    args = ["runs", "start", "charge", "--input", '{"amount": 5}', "--version", "2"]
+    run_id = ok(await ainvoke(*args, "--key", "order-1", *db_args(db))).strip()
+    run = await (await ow.get_handle(run_id)).status()
+    assert (run.workflow_name, run.version, run.status) == ("charge", "2", "pending")
+    assert run.input == {"amount": 5} and run.idempotency_key == "order-1"
+    # The same key gives the run it already started.
+    again = ok(await ainvoke(*args, "--key", "order-1", "--json", env=db_env(db)))
+    assert msgspec.json.decode(again) == {
+        "run_id": run_id,
+        "workflow": "charge",
+        "status": "pending",
+    }
+    # No --input: null.
+    bare = ok(await ainvoke("runs", "start", "notify", *db_args(db))).strip()
+    assert (await (await ow.get_handle(bare)).status()).input is None
+
+
+def test_runs_start_usage_errors_exit_2(db: dict[str, Any]) -> None:
+    ok(invoke("migrate", *db_args(db)))
+    assert_usage_error(invoke("runs", "start", "x", "--input", "{nope", *db_args(db)), "--input")
+    assert_usage_error(invoke("runs", "start", "x", "--input", "hello", *db_args(db)), "not JSON")
+    assert_usage_error(
+        invoke("runs", "start", "x", "--timeout", "5", *db_args(db)), "--timeout only goes with"
+    )
+    assert_usage_error(
+        invoke("runs", "start", "x", "--wait", "--timeout", "soon", *db_args(db)), "--timeout"
+    )
+    assert_usage_error(invoke("signal", "go", "--data", "{", *db_args(db)), "--data")
+
+
+async def test_runs_start_wait_prints_the_result_or_the_error(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    """--wait on runs that already finished (started earlier with the same key), and on one
+    nobody serves (timeout); a live worker's wait is the slow test below."""
+
+    @ow.workflow(name="greet")
+    async def greet(ctx: ow_es.Context, name: str) -> str:
+        return f"hi {name}"
+
+    @ow.workflow(name="boom")
+    async def boom(ctx: ow_es.Context) -> None:
+        raise ow_es.NonRetryableError("kaboom\nsecond line")
+
+    await ow.connect()
+    async with running_worker(ow):
+        done = await greet.start("ada", idempotency_key="g")
+        failed = await boom.start(idempotency_key="b")
+        assert await done.result(timeout=15) == "hi ada"
+        with pytest.raises(ow_es.WorkflowFailed):
+            await failed.result(timeout=15)
+
+    out = ok(await ainvoke("runs", "start", "greet", "--key", "g", "--wait", *db_args(db)))
+    assert out.splitlines() == [done.run_id, '"hi ada"']
+    shown = msgspec.json.decode(
+        ok(await ainvoke("runs", "start", "greet", "--key", "g", "--wait", "--json", *db_args(db)))
+    )
+    assert shown == {
+        "run_id": done.run_id,
+        "workflow": "greet",
+        "status": "completed",
+        "result": "hi ada",
+    }
+
+    result = await ainvoke("runs", "start", "boom", "--key", "b", "--wait", *db_args(db))
+    assert_one_line_error(result, f"run {failed.run_id} failed: ", "kaboom; second line")
+    assert result.stdout.strip() == failed.run_id
+    result = await ainvoke("runs", "start", "boom", "--key", "b", "--wait", "--json", *db_args(db))
+    assert result.exit_code == 1 and result.stderr.startswith("error: run ")
+    assert len(result.stderr.splitlines()) == 1
+    record = msgspec.json.decode(result.stdout)  # the record, with the run's error
+    assert record["status"] == "failed" and record["error"]["message"] == "kaboom\nsecond line"
+
+    args = ("runs", "start", "nobody", "--wait", "--timeout", "300ms")
+    assert_one_line_error(await ainvoke(*args, *db_args(db)), "did not finish within 0.3s")
+
+
+async def test_signal_prints_the_runs_it_reached(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    @ow.workflow(name="approval")
+    async def approval(ctx: ow_es.Context) -> Any:
+        return {"got": await ctx.step.wait_for_signal("approved")}
+
+    async def waiting(run_id: str) -> bool:
+        run = await ow.store.get_run(run_id)
+        return bool(run and run.waiting_for and run.waiting_for.get("name") == "approved")
+
+    await ow.connect()
+    async with running_worker(ow):
+        first, second = await approval.start(), await approval.start()
+        await eventually(lambda: waiting(first.run_id))
+        await eventually(lambda: waiting(second.run_id))
+
+    assert ok(await ainvoke("signal", "nobody-waits", *db_args(db))) == ""
+    out = ok(await ainvoke("signal", "approved", "--data", '{"by": "ada"}', *db_args(db)))
+    assert sorted(out.splitlines()) == sorted([first.run_id, second.run_id])
+    again = await ainvoke("signal", "approved", "--key", "k", "--json", *db_args(db))
+    assert msgspec.json.decode(ok(again)) == {"signal": "approved", "delivered_to": []}
+    async with running_worker(ow):
+        assert await first.result(timeout=15) == {"got": {"by": "ada"}}
+        assert await second.result(timeout=15) == {"got": {"by": "ada"}}
+
+
+# -- bulk cancel -----------------------------------------------------------------------------------
+
+
+async def test_bulk_cancel_by_filters_with_dry_run_and_summary(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs_bulk, "_PAGE", 2)  # page through list_runs in small pages
+    ids = await finished_runs(ow)  # completed "greet", failed "boom", pending "nobody"
+    older = [ids["pending"], *[(await ow.start("nobody", {"n": n})).run_id for n in range(3)]]
+    other = (await ow.start("other")).run_id
+    await asyncio.sleep(1.1)
+    newer = (await ow.start("nobody", {"n": "new"})).run_id
+
+    async def statuses() -> dict[str, str]:
+        page = await ow.list_runs(limit=100)
+        return {run.id: run.status for run in page.runs}
+
+    before = await statuses()
+    out = ok(await ainvoke("runs", "cancel", "--workflow", "nobody", "--dry-run", *db_args(db)))
+    lines = out.splitlines()
+    assert sorted(line.split()[2] for line in lines[:-1]) == sorted([*older, newer])
+    assert all(line.startswith("would cancel ") for line in lines[:-1])
+    assert lines[-1].startswith("would cancel 5 run(s), skipped 0") and "dry run" in lines[-1]
+    assert await statuses() == before  # nothing canceled
+
+    args = ("runs", "cancel", "--workflow", "nobody", "--status", "pending", "--older-than", "1s")
+    out = ok(await ainvoke(*args, *db_args(db)))
+    assert out.splitlines()[-1].startswith("canceled 4 run(s), skipped 0 already finished")
+    after = await statuses()
+    assert [after[run_id] for run_id in older] == ["canceled"] * 4
+    assert after[newer] == after[other] == "pending"
+    assert after[ids["completed"]] == "completed" and after[ids["failed"]] == "failed"
+
+    # Finished and canceled matches are skipped and counted.
+    out = ok(await ainvoke("runs", "cancel", "--older-than", "1s", "--json", *db_args(db)))
+    record = msgspec.json.decode(out)
+    assert record["matched"] == 7 and record["canceled"] == [other]
+    assert {s["run_id"]: s["status"] for s in record["skipped"]} == {
+        **dict.fromkeys(older, "canceled"),
+        ids["completed"]: "completed",
+        ids["failed"]: "failed",
+    }
+    assert (await statuses())[newer] == "pending"
+
+
+def test_bulk_cancel_usage_errors_exit_2(db: dict[str, Any]) -> None:
+    ok(invoke("migrate", *db_args(db)))
+    assert_usage_error(invoke("runs", "cancel", *db_args(db)), "give a RUN_ID, or at least one")
+    assert_usage_error(
+        invoke("runs", "cancel", "some-id", "--status", "pending", *db_args(db)),
+        "either RUN_ID or filters",
+    )
+    assert_usage_error(
+        invoke("runs", "cancel", "--older-than", "soon", *db_args(db)), "--older-than"
+    )
+    assert_usage_error(invoke("runs", "cancel", "--status", "sleepy", *db_args(db)), "--status")
+
+
+# -- --json everywhere, and never a claim token ------------------------------------------------
+
+
+async def test_json_output_never_shows_a_claim_token(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    release = asyncio.Event()
+
+    @ow.workflow(name="hold")
+    async def hold(ctx: ow_es.Context) -> str:
+        async def wait() -> str:
+            await release.wait()
+            return "released"
+
+        return await ctx.step.run("wait", wait)
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await hold.start()
+        run = await eventually(
+            lambda: _claimed(ow, handle.run_id), message="the run claimed by the worker"
+        )
+        assert run.claim_token
+        listed = ok(await ainvoke("runs", "list", "--json", *db_args(db)))
+        shown = ok(await ainvoke("runs", "show", handle.run_id, "--json", *db_args(db)))
+        release.set()
+        assert await handle.result(timeout=15) == "released"
+    for text in (listed, shown):
+        assert "claim_token" not in text and run.claim_token not in text
+    assert msgspec.json.decode(listed)["runs"][0]["worker_id"] == run.worker_id
+    events = msgspec.json.decode(shown)["events"]
+    claimed = [e for e in events if e["type"] == "run_claimed"]
+    assert claimed and claimed[0]["data"]["worker_id"] == run.worker_id
+
+
+async def _claimed(ow: ow_es.OpenWorkflow, run_id: str) -> ow_es.WorkflowRun | None:
+    run = await ow.store.get_run(run_id)
+    return run if run is not None and run.claim_token else None
+
+
+async def test_every_printing_command_speaks_json(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    migrated = msgspec.json.decode(ok(await ainvoke("migrate", "--json", *db_args(db))))
+    assert migrated["migrations"] and migrated["dry_run"] is False
+    assert migrated["schema_version"] == migrator.latest_version(db["backend"])
+    ids = await finished_runs(ow)
+    doctor = msgspec.json.decode(ok(await ainvoke("doctor", "--json", *db_args(db))))
+    assert doctor["ok"] is True
+    assert [check["check"] for check in doctor["checks"]] == ["connection", "schema"]
+    canceled = ok(await ainvoke("runs", "cancel", ids["pending"], "--json", *db_args(db)))
+    assert msgspec.json.decode(canceled)["status"] == "canceled"
+    resumed = ok(await ainvoke("runs", "resume", ids["failed"], "--json", *db_args(db)))
+    assert msgspec.json.decode(resumed)["run_id"] == ids["failed"]
+    dry = ok(await ainvoke("reproject", "--dry-run", "--json", *db_args(db)))
+    assert msgspec.json.decode(dry)["report"]["counts"]["workflow_runs"] == 3
+    verified = ok(await ainvoke("reproject", "--verify", "--json", *db_args(db)))
+    assert msgspec.json.decode(verified)["report"]["differences"] == []
+    up_to_date = ok(await ainvoke("migrate", "--dry-run", "--json", *db_args(db)))
+    assert msgspec.json.decode(up_to_date)["migrations"] == []
+
+
+# -- looking creates nothing; no password in any output -------------------------------------------
+
+
+def test_doctor_and_migrate_dry_run_create_no_database(tmp_path: Path) -> None:
+    path = tmp_path / "ow.db"
+    url = f"sqlite:///{path}"
+    result = invoke("doctor", "--database-url", url)
+    assert_one_line_error(result, "1 check(s) failed")
+    assert f"FAIL  connection: no database at {path}" in result.stdout
+    record = msgspec.json.decode(invoke("doctor", "--json", "--database-url", url).stdout)
+    assert record["ok"] is False and record["checks"][0]["detail"] == f"no database at {path}"
+
+    out = ok(invoke("migrate", "--dry-run", "--database-url", url))
+    every = [m.name for m in migrator.migrations("sqlite")]
+    assert out.splitlines() == [f"no database at {path}", *(f"would apply {n}" for n in every)]
+    assert_one_line_error(invoke("runs", "list", "--database-url", url), f"no database at {path}")
+    assert not list(tmp_path.iterdir())  # no ow.db, no -wal or -shm
+    ok(invoke("migrate", "--database-url", url))
+    assert path.exists()
+
+
+PASSWORD_FORMS = [
+    # (connection string, what must not appear in any output)
+    ("postgresql://u:p@ss@127.0.0.1:1/db", ["p@ss", "ss@127"]),
+    ("postgresql://u@127.0.0.1:1/db?password=hunter2", ["hunter2"]),
+    ("host=127.0.0.1 port=1 password=xyzzy", ["xyzzy"]),
+]
+
+
+@pytest.mark.parametrize(("url", "secrets"), PASSWORD_FORMS)
+def test_no_password_in_doctor_output_or_error_messages(url: str, secrets: list[str]) -> None:
+    results = [
+        invoke("doctor", "--database-url", url),
+        invoke("doctor", "--json", "--database-url", url),
+        invoke("runs", "list", "--database-url", url),
+        invoke("migrate", env={"OW_ES_DATABASE_URL": url}),
+    ]
+    for result in results:
+        assert result.exit_code == 1, result.output
+        for secret in secrets:
+            assert secret not in result.stdout + result.stderr
+    assert "password=***" in results[0].stdout
+    assert "password=***" in results[2].stderr
+
+
+# -- pyproject.toml and broken apps ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ('concurrency = "lots"', "[tool.ow-es] concurrency = 'lots': expected a whole number"),
+        ("concurrency = 0", "[tool.ow-es] concurrency = 0: expected a whole number"),
+        ('lease = "soon"', "[tool.ow-es] lease = 'soon': 'soon' is not a duration"),
+        ('connect_timeout = "later"', "[tool.ow-es] connect_timeout = 'later'"),
+        ('log_format = "xml"', "[tool.ow-es] log_format = 'xml': expected one of text, json"),
+    ],
+)
+def test_bad_pyproject_values_name_the_file_and_key(
+    app_dir: Path, setting: str, fragment: str
+) -> None:
+    module = write_module(app_dir, APP_WITH_CLIENT)
+    (app_dir / "pyproject.toml").write_text(f'[tool.ow-es]\napp = "{module}:ow"\n{setting}\n')
+    result = invoke("worker")
+    assert_one_line_error(result, f"{app_dir / 'pyproject.toml'}: {fragment}")
+    assert "OW_ES_" not in result.stderr
+    ok(invoke("runs", "--help"))  # other commands need not read it
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("x = 1\n\ndef broken(:\n    pass\n", "SyntaxError at {path}:3: "),
+        ("import os\nraise RuntimeError('boom at import')\n", "RuntimeError at {path}:2: boom"),
+        ("\nimport no_such_module_here\n", "ModuleNotFoundError at {path}:2: No module named"),
+    ],
+)
+def test_an_app_that_fails_to_import_is_one_line_with_file_and_line(
+    app_dir: Path, source: str, fragment: str
+) -> None:
+    module = write_module(app_dir, source)
+    path = app_dir / f"{module}.py"
+    result = invoke("worker", module)
+    assert_one_line_error(result, f"cannot import {module}: " + fragment.format(path=path))
+
+
+# -- the worker's startup and its logs, in process -------------------------------------------------
+
+
+def test_worker_gives_up_on_an_unreachable_database(app_dir: Path) -> None:
+    module = write_module(app_dir, APP_WITH_CLIENT)
+    url = "postgresql://postgres@127.0.0.1:1/test"
+    started = time.monotonic()
+    result = invoke("worker", f"{module}:ow", "--database-url", url, "--connect-timeout", "1.2")
+    assert time.monotonic() - started >= 1.2
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    retries = [line for line in lines if "database unavailable, retrying in" in line]
+    assert len(retries) >= 2 and "attempt=1" in retries[0] and "attempt=2" in retries[1]
+    assert "WARNING ow_es.cli" in retries[0] and "Connection refused" in retries[0]
+    assert lines[-1].startswith("error: database still unavailable after 1.2s")
+    assert "Traceback" not in result.output
+
+
+def test_worker_does_not_wait_for_a_newer_schema(db: dict[str, Any], app_dir: Path) -> None:
+    ok(invoke("migrate", *db_args(db)))
+    future = migrator.latest_version(db["backend"]) + 1
+    if db["backend"] == "sqlite":
+        with sqlite3.connect(db["url"].removeprefix("sqlite:///")) as conn:
+            conn.execute("INSERT INTO schema_migrations VALUES (?, 'future.sql', 'now')", (future,))
+    else:
+        with psycopg.connect(db["url"], autocommit=True) as conn:
+            conn.execute(
+                f'INSERT INTO "{db["schema"]}".schema_migrations (version, name)'
+                " VALUES (%s, 'future.sql')",
+                [future],
+            )
+    module = write_module(app_dir, APP_WITH_CLIENT)
+    started = time.monotonic()
+    result = invoke("worker", f"{module}:ow", *db_args(db))
+    assert time.monotonic() - started < 5
+    assert_one_line_error(result, "newer than this ow-es")  # no retry lines either
+
+
+def test_log_formats_print_extra_fields() -> None:
+    record = logging.LogRecord("ow_es.worker", logging.INFO, __file__, 1, "run %s", ("done",), None)
+    fields = {"workflow": "charge", "run_id": "r1", "status": "completed", "duration_ms": 12}
+    fields |= {"attempts": 1, "note": "two words"}
+    record.__dict__.update(fields)
+    text = logging_setup.formatter("text").format(record)
+    assert text.endswith(
+        " INFO ow_es.worker: run done workflow=charge run_id=r1 status=completed"
+        ' duration_ms=12 attempts=1 note="two words"'
+    )
+    assert datetime.fromisoformat(text.split()[0]).tzinfo is not None
+    entry = msgspec.json.decode(logging_setup.formatter("json").format(record))
+    assert entry.pop("time")
+    assert entry == {"level": "INFO", "logger": "ow_es.worker", "message": "run done", **fields}
+
+
+def test_one_formatter_for_ow_es_and_the_driver() -> None:
+    stream = io.StringIO()
+    restore = logging_setup.configure("info", "json", stream=stream)
+    try:
+        logging.getLogger("ow_es.worker").info("finished", extra={"run_id": "r1"})
+        logging.getLogger("psycopg.pool").warning("error connecting in 'pool-1'")
+        logging.getLogger("psycopg.pool").info("connection given by 'pool-1'")  # below warning
+        logging.getLogger("uvicorn.error").warning("address in use")
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            logging.getLogger("ow_es.executor").exception("crashed")
+    finally:
+        restore()
+    entries = [msgspec.json.decode(line) for line in stream.getvalue().splitlines()]
+    assert [(e["logger"], e["level"]) for e in entries] == [
+        ("ow_es.worker", "INFO"),
+        ("psycopg.pool", "WARNING"),
+        ("uvicorn.error", "WARNING"),
+        ("ow_es.executor", "ERROR"),
+    ]
+    assert entries[0]["run_id"] == "r1"
+    assert "ValueError: bad" in entries[-1]["exception"]
+    assert logging.getLogger("psycopg").handlers == []  # put back as it was
 
 
 # -- the worker, as a real process --------------------------------------------------------------
@@ -435,3 +881,55 @@ async def test_stop_timeout_releases_an_unfinished_run(
     assert "run_released" in await event_types(client, handle.run_id)
     run = await handle.status()
     assert run.worker_id is None and not run.is_terminal
+
+
+@pytest.mark.slow
+async def test_worker_waits_for_the_database_and_logs_json(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """SQLite refuses a database whose folder is missing (StoreUnavailable): the worker retries
+    until the folder appears, logging each failed attempt as one JSON object per line."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP_WITH_CLIENT))
+    folder = tmp_path / "later"
+    url = f"sqlite:///{folder / 'ow.db'}"
+    env = {"OW_ES_LOG_FORMAT": "json", "OW_ES_CONNECT_TIMEOUT": "60"}
+    proc = processes.worker("app:ow", "--database-url", url, cwd=tmp_path, env=env, isolated=True)
+    await eventually(lambda: proc.stderr().count("database unavailable") >= 2, timeout=20)
+    folder.mkdir()
+    line = await proc.serving()
+    assert "serving charge@2, notify on sqlite" in line
+    client = await ow_es.OpenWorkflow(url).connect()
+    try:
+        handle = await client.start("notify")
+        assert await handle.result(timeout=20) == "sent"
+    finally:
+        await client.close()
+    await sigterm(proc)
+    entries = [msgspec.json.decode(line) for line in proc.stderr().splitlines()]
+    # The worker's line per finished run carries its facts as fields.
+    (ended,) = [e for e in entries if e.get("run_id") == handle.run_id]
+    assert (ended["logger"], ended["level"]) == ("ow_es.worker", "INFO")
+    assert (ended["workflow"], ended["status"], ended["attempts"]) == ("notify", "completed", 1)
+    assert isinstance(ended["duration_ms"], int)
+    retries = [e for e in entries if e["message"].startswith("database unavailable")]
+    assert [e["attempt"] for e in retries] == list(range(1, len(retries) + 1))
+    assert all(e["level"] == "WARNING" and e["logger"] == "ow_es.cli" for e in retries)
+    assert "is missing" in retries[0]["message"]
+    assert any(e["message"].startswith("SIGTERM: stopping") for e in entries)
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
+
+
+@pytest.mark.slow
+async def test_runs_start_wait_follows_a_live_worker(
+    make_client: ClientFactory, db: dict[str, Any], tmp_path: Path, processes: Processes
+) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP_WITH_CLIENT))
+    ok(await ainvoke("migrate", *db_args(db)))
+    proc, _ = await serving_worker(processes, tmp_path, "app:ow", env=db_env(db))
+    args = ("runs", "start", "charge", "--input", "21", "--version", "2", "--wait")
+    out = ok(await ainvoke(*args, "--timeout", "30", *db_args(db)))
+    run_id, result = out.splitlines()
+    assert result == "42"
+    client = await (await make_client()).connect()
+    assert (await (await client.get_handle(run_id)).status()).status == "completed"
+    await sigterm(proc)

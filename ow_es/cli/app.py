@@ -11,46 +11,22 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import tomllib
-from pathlib import Path
+import traceback
 from types import ModuleType
 from typing import Any
 
-from ow_es.cli.common import CliError, Connection
+import click
+
+from ow_es.cli.common import CliError, Connection, keep_secret, one_line
+from ow_es.cli.project import configured_target
 from ow_es.client import OpenWorkflow
 from ow_es.workflow import Workflow
-
-PYPROJECT = "pyproject.toml"
-
-
-def project_settings() -> dict[str, Any]:
-    """The ``[tool.ow-es]`` table of ./pyproject.toml (empty when there is none)."""
-    path = Path(PYPROJECT)
-    if not path.is_file():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CliError(f"cannot read {path.resolve()}: {exc}") from None
-    table = data.get("tool", {}).get("ow-es", {})
-    if not isinstance(table, dict):
-        raise CliError(f"[tool.ow-es] in {path.resolve()} must be a table")
-    return table
-
-
-def configured_target() -> str | None:
-    """``[tool.ow-es] app`` from ./pyproject.toml, if there is one."""
-    path = Path(PYPROJECT)
-    app = project_settings().get("app")
-    if app is not None and (not isinstance(app, str) or not app):
-        raise CliError(f'[tool.ow-es] app in {path.resolve()} must be a "module:attr" string')
-    return app
 
 
 def require_target(app: str | None) -> str:
     target = app or configured_target()
     if not target:
-        raise CliError(
+        raise click.UsageError(
             'no APP given: pass `module:attr` or `module`, or set [tool.ow-es] app = "..." '
             "in ./pyproject.toml"
         )
@@ -65,7 +41,26 @@ def import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except Exception as exc:  # whatever the user's import raised: report it in one line
-        raise CliError(f"cannot import {name!r}: {type(exc).__name__}: {exc}") from None
+        raise CliError(f"cannot import {name}: {import_failure(exc)}") from None
+
+
+_IMPORTLIB = os.path.dirname(importlib.__file__) + os.sep
+
+
+def import_failure(exc: BaseException) -> str:
+    """``SyntaxError at /app/flows.py:3: invalid syntax``: the error and where it happened (the
+    innermost frame outside the import machinery), in one line."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f"{exc.filename}:{exc.lineno}" if exc.lineno else exc.filename
+        return f"{type(exc).__name__} at {where}: {exc.msg}"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(("<", _IMPORTLIB)) and frame.filename != __file__
+    ]
+    if not frames:  # the module itself was not found: no file to point at
+        return f"{type(exc).__name__}: {one_line(exc)}"
+    return f"{type(exc).__name__} at {frames[-1].filename}:{frames[-1].lineno}: {one_line(exc)}"
 
 
 def _attribute(module: ModuleType, path: str, target: str) -> Any:
@@ -106,7 +101,7 @@ def load_app(target: str, conn: Connection) -> OpenWorkflow:
     """The client serving ``target``'s workflows (not connected yet)."""
     module_name, _, attr = target.partition(":")
     if not module_name or (":" in target and not attr):
-        raise CliError(f"invalid APP {target!r}: expected `module:attr` or `module`")
+        raise click.UsageError(f"invalid APP {target!r}: expected `module:attr` or `module`")
     module = import_module(module_name)
     if not attr:
         client = conn.client(migrate=True)
@@ -132,4 +127,5 @@ def adopt(client: OpenWorkflow, conn: Connection) -> OpenWorkflow:
         client.url = client.url if client.url is not None else conn.url
         client.namespace = client.namespace if client.namespace is not None else conn.namespace
         client.schema = client.schema if client.schema is not None else conn.schema
+    keep_secret(client.url)
     return client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
+from ow_es import config
 from ow_es.client import OpenWorkflow
 from ow_es.errors import OwEsError, StoreUnavailable
 from ow_es.store.migrator import latest_version
@@ -18,11 +20,27 @@ from ow_es.store.migrator import latest_version
 R = TypeVar("R")
 
 
+# The connection strings this command was given: their passwords are scrubbed from every
+# line it prints (a driver's message can echo a host that holds a password's tail).
+_CONNECTION_STRINGS: set[str] = set()
+
+
+def keep_secret(url: str | None) -> None:
+    """Scrub ``url``'s passwords from everything this command prints."""
+    if url:
+        _CONNECTION_STRINGS.add(url)
+
+
+def scrub(text: str) -> str:
+    """``text`` without the secrets of the connection strings in use."""
+    return config.redact_text(text, _CONNECTION_STRINGS)
+
+
 class CliError(click.ClickException):
     """A failure shown as one ``error: <cause>`` line on stderr, exit status 1."""
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {scrub(self.format_message())}", err=True)
 
 
 def one_line(exc: BaseException) -> str:
@@ -55,8 +73,20 @@ class Connection:
     namespace: str | None
     schema: str | None
 
+    def __post_init__(self) -> None:
+        keep_secret(self.url)
+
     def client(self, *, migrate: bool) -> OpenWorkflow:
         return OpenWorkflow(self.url, self.namespace, self.schema, migrate=migrate)
+
+    def missing_database(self) -> str | None:
+        """The absolute path of a SQLite database file that does not exist (yet), else None:
+        commands that only look must not create it by connecting."""
+        settings = config.resolve(self.url, self.namespace, self.schema)
+        path = settings.sqlite_path
+        if settings.backend != "sqlite" or path is None or path == ":memory:":
+            return None
+        return None if os.path.exists(path) else os.path.abspath(path)
 
 
 _CONNECTION_OPTIONS = (
@@ -119,9 +149,22 @@ async def require_current_schema(client: OpenWorkflow) -> int:
 @contextlib.asynccontextmanager
 async def open_client(conn: Connection) -> AsyncIterator[OpenWorkflow]:
     """A connected client that leaves the schema alone; closed on exit."""
+    missing = conn.missing_database()
+    if missing is not None:
+        raise CliError(f"no database at {missing}: run `ow-es migrate` to create it")
     async with conn.client(migrate=False) as client:
         await require_current_schema(client)
         yield client
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="OW_ES_JSON",
+    show_envvar=True,
+    help="Print machine-readable JSON (times as ISO-8601).",
+)
 
 
 def iso(moment: datetime | None, *, millis: bool = False) -> str:

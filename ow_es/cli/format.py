@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from ow_es.cli.common import iso
-from ow_es.models import Event, StepAttempt, WorkflowRun
+from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 
 _CLIP = 60  # characters of a payload shown inline
 _TIME_KEYS = frozenset({"until", "lease_until", "available_at", "deadline_at"})
@@ -50,9 +50,33 @@ _SHORT = {
 }
 
 
+# A claim's fencing token lets its holder write to the run: it is never printed.
+_SECRET_FIELDS = frozenset({"claim_token"})
+
+
 def to_json(value: Any) -> str:
     """Indented JSON; msgspec writes datetimes as ISO-8601 strings."""
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key not in _SECRET_FIELDS}
+
+
+def run_record(run: WorkflowRun) -> dict[str, Any]:
+    """A run row for --json, without its claim token."""
+    return _public(msgspec.to_builtins(run))
+
+
+def event_record(event: Event) -> dict[str, Any]:
+    """An event for --json; a ``run_claimed`` event's data without its claim token."""
+    record: dict[str, Any] = msgspec.to_builtins(event)
+    record["data"] = _public(record["data"])
+    return record
+
+
+def page_record(page: RunPage) -> dict[str, Any]:
+    return {"runs": [run_record(run) for run in page.runs], "next_cursor": page.next_cursor}
 
 
 def clip(value: Any) -> str:

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 
 import click
 
-from ow_es.cli.common import CliError, Connection, connection_options, open_client
+from ow_es.cli import format as fmt
+from ow_es.cli.common import CliError, Connection, connection_options, json_option, open_client
 from ow_es.reproject import Report
 
 
@@ -48,8 +49,9 @@ def _summary(report: Report, *, verify: bool) -> str:
     show_envvar=True,
     help="Only report what would be rebuilt.",
 )
+@json_option
 @connection_options
-def reproject(conn: Connection, verify: bool, dry_run: bool) -> None:
+def reproject(conn: Connection, verify: bool, dry_run: bool, as_json: bool) -> None:
     """Rebuild the projections of the whole schema (every namespace) from the event log into
     shadow tables, then swap them in under a brief append gate. Workers keep running; an
     interrupted rebuild resumes where it stopped."""
@@ -63,15 +65,17 @@ def reproject(conn: Connection, verify: bool, dry_run: bool) -> None:
                 return await client.reproject(verify=verify, progress=progress)
 
     report = asyncio.run(call())
-    if dry_run:
+    if as_json:
+        click.echo(fmt.to_json({"dry_run": dry_run, "verify": verify, "report": report}))
+    elif dry_run:
         counts = report.counts
         click.echo(
             f"would rebuild {counts['workflow_runs']} run row(s) and {counts['step_attempts']}"
             f" step attempt row(s) from {counts['events']} event(s); nothing written"
         )
-        return
-    click.echo(_summary(report, verify=verify))
-    for difference in report.differences:
-        click.echo(f"  {difference.describe()}")
+    else:
+        click.echo(_summary(report, verify=verify))
+        for difference in report.differences:
+            click.echo(f"  {difference.describe()}")
     if report.differences:
         raise CliError(f"{len(report.differences)} projection row(s) differ from the log")

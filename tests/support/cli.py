@@ -4,6 +4,7 @@ environment that point it at a test's database."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,8 @@ from click.testing import CliRunner, Result
 
 from ow_es.cli import main
 
-# Cleared for every invocation, so the developer's environment cannot leak into a test.
+# Cleared for every invocation (with every other OW_ES_*/OPENWORKFLOW_* setting but the test
+# suite's own), so the developer's environment cannot leak into a test.
 ENV_KEYS = (
     "OW_ES_DATABASE_URL",
     "OPENWORKFLOW_POSTGRES_URL",
@@ -19,6 +21,16 @@ ENV_KEYS = (
     "OPENWORKFLOW_SCHEMA",
     "OW_ES_APP",
 )
+_SUITE_KEYS = ("OW_ES_TEST_POSTGRES_URL", "OW_ES_REQUIRE_POSTGRES")
+
+
+def _cleared() -> dict[str, str | None]:
+    present = (
+        key
+        for key in os.environ
+        if key.startswith(("OW_ES_", "OPENWORKFLOW_")) and key not in _SUITE_KEYS
+    )
+    return dict.fromkeys([*ENV_KEYS, *present])
 
 
 def db_args(db: Mapping[str, Any]) -> list[str]:
@@ -36,7 +48,7 @@ def db_env(db: Mapping[str, Any]) -> dict[str, str]:
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    overrides: dict[str, str | None] = dict.fromkeys(ENV_KEYS)
+    overrides = _cleared()
     overrides.update(env or {})
     return CliRunner().invoke(main, list(args), env=overrides)
 
@@ -49,6 +61,15 @@ async def ainvoke(*args: str, env: dict[str, str] | None = None) -> Result:
 def ok(result: Result) -> str:
     assert result.exit_code == 0, result.output
     return result.stdout
+
+
+def assert_usage_error(result: Result, *fragments: str) -> None:
+    """click's usage error: exit status 2, its message on stderr, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:
