@@ -181,6 +181,36 @@ def test_doctor_lists_the_apps_workflows(db: dict[str, Any], app_dir: Path) -> N
     assert "FAIL  app: cannot import" in result.stdout and "no_such_module_here" in result.stdout
 
 
+async def test_doctor_reports_workers_and_stranded_runs(
+    db: dict[str, Any], make_client: ClientFactory
+) -> None:
+    """The live workers and what they serve; ready runs no live worker serves; runs held
+    without progress. Stranded runs fail the check: the doctor no longer says "all checks
+    passed" while runs wait forever."""
+    ow = await make_client()
+
+    @ow.workflow(name="served", version="1")
+    async def served(ctx: ow_es.Context) -> None:
+        return None
+
+    await ow.connect()
+    await ow.start("served", version="2")  # nobody serves version 2
+    await ow.start("held")
+    await ow.store.claim("w-hung", [("held", None)], 1, 300)  # held, never progressing
+    async with running_worker(ow, worker_id="w-doc"):
+        result = await ainvoke("doctor", "--stuck-after", "0", *db_args(db))
+        as_json = await ainvoke("doctor", "--stuck-after", "1h", "--json", *db_args(db))
+    assert_one_line_error(result, "2 check(s) failed")
+    out = result.stdout
+    assert "ok    workers: 1 live: w-doc (served@1, 0/10 busy)" in out
+    assert "FAIL  unserved runs: 1 ready run(s) no live worker serves: served@2 x1" in out
+    assert "FAIL  stuck runs: held with no event for over 0s: " in out
+    assert "(held on w-hung)" in out
+    assert "ok    unowned runs: none" in out
+    checks = {c["check"]: c["ok"] for c in msgspec.json.decode(as_json.stdout)["checks"]}
+    assert checks["stuck runs"] is True and checks["unserved runs"] is False
+
+
 # -- one-line errors ---------------------------------------------------------------------------
 
 
