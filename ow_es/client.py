@@ -49,7 +49,7 @@ class OpenWorkflow:
         self.max_payload_bytes = max_payload_bytes
         self.migrate = migrate
         self.pool_size = pool_size
-        self.retry_seconds = retry_seconds  # how long start/cancel/send_signal ride out outages
+        self.retry_seconds = retry_seconds  # how long calls ride out a connection failure
         self.settings: config.Settings | None = None
         self._store: Store | None = None
         self._workflows: dict[tuple[str, str | None], Workflow[Any]] = {}
@@ -60,7 +60,7 @@ class OpenWorkflow:
         if self._store is not None:
             return self
         settings = config.resolve(self.url, self.namespace, self.schema)
-        store = make_store(settings, pool_size=self.pool_size)
+        store = make_store(settings, pool_size=self.pool_size, retry_seconds=self.retry_seconds)
         await store.open(migrate=self.migrate)
         self.settings, self._store = settings, store
         return self

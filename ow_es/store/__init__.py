@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 
-def make_store(settings: Settings, *, pool_size: int = 10) -> Store:
+def make_store(settings: Settings, *, pool_size: int = 10, retry_seconds: float = 10.0) -> Store:
     """An unopened store for ``settings``."""
     if settings.backend == "sqlite":
         from ow_es.store.sqlite.store import SqliteStore
@@ -29,5 +29,11 @@ def make_store(settings: Settings, *, pool_size: int = 10) -> Store:
     from ow_es.store.postgres.store import PostgresStore
 
     return Store(
-        PostgresStore(settings.url, settings.namespace, settings.schema, pool_size=pool_size)
+        PostgresStore(
+            settings.url,
+            settings.namespace,
+            settings.schema,
+            pool_size=pool_size,
+            retry_seconds=retry_seconds,
+        )
     )
