@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import socket
+import threading
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ow_es
+from ow_es.dashboard.app import create_app
+from ow_es.dashboard.server import make_server
 from ow_es.durations import to_seconds
 from ow_es.payload import MAX_NAME_LENGTH
+from tests.support.cli import db_args, invoke
 from tests.support.databases import ClientFactory
 from tests.support.runs import event_types
 from tests.support.workers import running_worker
@@ -352,3 +360,105 @@ def test_hostile_values_are_refused_or_round_trip_unchanged(db: dict[str, Any], 
             await ow.close()
 
     asyncio.run(check())
+
+
+class _Dashboard:
+    """A real dashboard server (and its client) on its own event loop in a thread, for a
+    synchronous test to send requests to."""
+
+    def __init__(self, db: dict[str, Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = _free_port()
+        self.client = ow_es.OpenWorkflow(db["url"], schema=db["schema"])
+        self._run(self._serve())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    async def _serve(self) -> None:
+        await self.client.connect()
+        app = create_app(self.client)
+        self.server = make_server(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.serving = asyncio.ensure_future(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+
+    def runs(self) -> list[ow_es.WorkflowRun]:
+        return list(self._run(self.client.list_runs(limit=1000)).runs)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.should_exit = True
+            await self.serving
+            await self.client.close()
+
+        self._run(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def dashboard(db: dict[str, Any]) -> Iterator[_Dashboard]:
+    served = _Dashboard(db)
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(value=_json_values())
+def test_hostile_values_through_the_cli_and_the_dashboard_api(
+    db: dict[str, Any], dashboard: _Dashboard, value: Any
+) -> None:
+    """The same values through ``ow-es runs start --input`` and ``POST /api/runs``: a clear
+    error (one line and exit 1 or 2; a 4xx with ``{"error"}``) and nothing written, or the
+    value stored unchanged."""
+    if isinstance(value, Deep):
+        value = value.build()
+    # Python's json writes NaN and infinity as bare tokens, which no JSON reader takes.
+    text = json.dumps(value, allow_nan=True)
+    before = len(dashboard.runs())
+    result = invoke("runs", "start", "echo", "--input", text, *db_args(db))
+    if result.exit_code == 0:
+        (stored,) = [r for r in dashboard.runs() if r.id == result.stdout.strip()]
+        assert _deep_or_same(stored.input, value)
+    else:
+        assert result.exit_code in (1, 2), result.output
+        assert "Traceback" not in result.output
+        assert len(dashboard.runs()) == before
+    before = len(dashboard.runs())
+    body = '{"workflow_name": "echo", "input": ' + text + "}"
+    response = httpx.post(
+        f"http://127.0.0.1:{dashboard.port}/api/runs",
+        content=body.encode("utf-8", "surrogatepass"),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    if response.status_code == 200:
+        run_id = response.json()["run"]["id"]
+        (stored,) = [r for r in dashboard.runs() if r.id == run_id]
+        assert _deep_or_same(stored.input, value)
+    else:
+        assert response.status_code in (400, 422), response.text
+        assert set(response.json()) == {"error"}
+        assert len(dashboard.runs()) == before
+
+
+def _deep_or_same(stored: Any, value: Any) -> bool:
+    if msgspec.json.encode(stored) == msgspec.json.encode(value):
+        return True
+    return _same_json(stored, value)
