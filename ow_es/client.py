@@ -42,6 +42,7 @@ class OpenWorkflow:
         migrate: bool = True,
         pool_size: int = 10,
         retry_seconds: float = 10.0,
+        max_suspensions: int = 100,
     ) -> None:
         self.url = url
         self.namespace = namespace
@@ -49,6 +50,9 @@ class OpenWorkflow:
         self.max_payload_bytes = max_payload_bytes
         self.migrate = migrate
         self.pool_size = pool_size
+        if max_suspensions < 0:
+            raise ConfigError("max_suspensions must not be negative")
+        self.max_suspensions = max_suspensions  # RetryAfter suspensions per step
         self.retry_seconds = retry_seconds  # how long calls ride out a connection failure
         self.settings: config.Settings | None = None
         self._store: Store | None = None

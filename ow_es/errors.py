@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from ow_es.durations import Duration, to_datetime
+
 
 class OwEsError(Exception):
     """Base class of all ow-es errors."""
@@ -77,6 +81,17 @@ class StepFailed(OwEsError):
 
 class StepTimeout(OwEsError, TimeoutError):
     """A step attempt ran past its ``timeout=`` (a retryable failure)."""
+
+
+class RetryAfter(OwEsError):
+    """Raise from a step to park the run until ``when`` (a duration from now, or an aware
+    datetime) without spending an attempt of the step's budget: a remote API's 429 with a
+    ``Retry-After`` header, a rate limit. Past ``max_suspensions`` (a setting of ``connect()``)
+    it counts as an ordinary failure."""
+
+    def __init__(self, when: Duration | datetime) -> None:
+        self.until = to_datetime(when, "RetryAfter")
+        super().__init__(f"retry after {self.until.isoformat()}")
 
 
 class NonRetryableError(OwEsError):

@@ -72,6 +72,8 @@ class StepFailed(EventData, kw_only=True):
     worker_id: str | None = None
     child_run_id: str | None = None
     signal_name: str | None = None
+    # False for a RetryAfter suspension: the attempt does not count against the budget.
+    counted: bool = True
     # The attempt was left open (its worker was lost mid-step, or its run ended): recorded so
     # the attempt is not left "running", but it never counts against the retry budget.
     abandoned: bool = False
@@ -106,6 +108,7 @@ class RetryScheduled(EventData, kw_only=True):
     attempt: int
     until: datetime
     worker_id: str | None = None
+    counted: bool = True  # False after a RetryAfter: the failed attempt spent no budget
 
 
 class RunWoken(EventData, kw_only=True):

@@ -576,9 +576,15 @@ async def test_every_printing_command_speaks_json(
     assert migrated["migrations"] and migrated["dry_run"] is False
     assert migrated["schema_version"] == migrator.latest_version(db["backend"])
     ids = await finished_runs(ow)
-    doctor = msgspec.json.decode(ok(await ainvoke("doctor", "--json", *db_args(db))))
-    assert doctor["ok"] is True
-    assert [check["check"] for check in doctor["checks"]] == ["connection", "schema"]
+    checked = await ainvoke("doctor", "--json", *db_args(db))
+    doctor = msgspec.json.decode(checked.stdout)
+    checks = {check["check"]: check["ok"] for check in doctor["checks"]}
+    assert list(checks) == [
+        "connection", "schema", "workers", "unserved runs", "stuck runs", "unowned runs",
+    ]  # fmt: skip
+    # The pending run has no worker serving it: the doctor says so, and fails.
+    assert doctor["ok"] is False and checks["unserved runs"] is False
+    assert checked.exit_code == 1
     canceled = ok(await ainvoke("runs", "cancel", ids["pending"], "--json", *db_args(db)))
     assert msgspec.json.decode(canceled)["status"] == "canceled"
     resumed = ok(await ainvoke("runs", "resume", ids["failed"], "--json", *db_args(db)))

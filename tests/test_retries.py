@@ -5,9 +5,10 @@ takeovers spend no budget)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from ow_es import events as ev
 from ow_es.durations import utcnow
 from ow_es.retry import STEP_DEFAULT, WORKFLOW_DEFAULT
 from ow_es.store import Appended, AppendRequest
-from tests.support.runs import event_types
+from tests.support.databases import ClientFactory
+from tests.support.runs import event_types, parked
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
@@ -625,3 +627,66 @@ async def test_crashed_owners_use_up_a_budget_only_by_failures(ow: ow_es.OpenWor
     async with running_worker(ow):
         assert await handle.result(timeout=15) == ["ValueError", 1]
     assert calls == []
+
+
+async def test_retry_after_parks_the_run_without_spending_an_attempt(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """A step that raises RetryAfter twice (a remote API's 429) and then succeeds completes
+    under a policy of a single attempt: each suspension parks the run until the given time,
+    is recorded as a failed attempt of type RetryAfter, and spends nothing of the budget."""
+    calls: list[float] = []
+
+    @ow.workflow(name="polite")
+    async def polite(ctx: ow_es.Context) -> str:
+        async def call_api() -> str:
+            calls.append(time.monotonic())
+            if len(calls) < 3:
+                raise ow_es.RetryAfter("200ms")
+            return "ok"
+
+        return await ctx.step.run("api", call_api, retry=ow_es.RetryPolicy(maximum_attempts=1))
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await polite.start()
+        await eventually(lambda: parked(ow, handle.run_id, "retry", step="api"), 10)
+        assert await handle.result(timeout=15) == "ok"
+    assert len(calls) == 3
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(calls))  # it waited
+    events = await ow.history(handle.run_id)
+    failures = [e.data for e in events if e.type == "step_failed"]
+    assert [(f["error"]["type"], f["counted"], f["final"]) for f in failures] == [
+        ("RetryAfter", False, False),
+        ("RetryAfter", False, False),
+    ]
+    retries = [e.data for e in events if e.type == "retry_scheduled"]
+    assert [r["counted"] for r in retries] == [False, False]
+    rows = await ow.store.step_attempts(handle.run_id)
+    assert [(r.attempt, r.status) for r in rows] == [(1, "failed"), (2, "failed"), (3, "completed")]
+
+
+async def test_retry_after_counts_as_a_failure_past_max_suspensions(
+    make_client: ClientFactory,
+) -> None:
+    ow = await make_client(max_suspensions=2)
+
+    @ow.workflow(name="throttled")
+    async def throttled(ctx: ow_es.Context) -> None:
+        async def call_api() -> None:
+            raise ow_es.RetryAfter(datetime.now(UTC) + timedelta(milliseconds=50))
+
+        await ctx.step.run("api", call_api, retry=ow_es.RetryPolicy(maximum_attempts=1))
+
+    await ow.connect()
+    async with running_worker(ow):
+        handle = await throttled.start()
+        with pytest.raises(ow_es.WorkflowFailed) as info:
+            await handle.result(timeout=15)
+    assert info.value.error_type == "StepFailed"
+    failures = [e.data for e in await ow.history(handle.run_id) if e.type == "step_failed"]
+    assert [(f["counted"], f["final"]) for f in failures] == [
+        (False, False),
+        (False, False),
+        (True, True),  # the third suspension counts: the budget of one attempt is spent
+    ]

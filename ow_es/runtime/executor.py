@@ -42,6 +42,7 @@ class Settings:
     max_payload_bytes: int
     lease_seconds: float = 30.0
     max_crashes: int = 5  # executor crashes in a row before the run is failed
+    max_suspensions: int = 100  # RetryAfter suspensions of one step before one counts
 
 
 class Execution:
@@ -85,6 +86,10 @@ class Execution:
     @property
     def max_payload_bytes(self) -> int:
         return self.settings.max_payload_bytes
+
+    @property
+    def max_suspensions(self) -> int:
+        return self.settings.max_suspensions
 
     @property
     def threads(self) -> Executor:
@@ -305,6 +310,7 @@ class Execution:
                 attempt=chosen.detail["attempt"],
                 until=chosen.until,
                 worker_id=worker,
+                counted=chosen.detail.get("counted", True),
             )
         else:
             data = ev.RunWaiting(

@@ -31,6 +31,8 @@ class History:
     # resume ends the row), and the last crash's error.
     crashes: int = 0
     last_crash: dict[str, object] | None = None
+    # RetryAfter suspensions per step (they spend no attempt of its budget).
+    suspensions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, events: list[Event]) -> History:
@@ -91,6 +93,9 @@ class History:
             self.function_attempts += 1  # it ran, even abandoned: a step killing workers is bounded
         if data.abandoned:
             return  # a lost worker's attempt never counts against the retry budget
+        if not data.counted:
+            self.suspensions[data.step_name] = self.suspensions.get(data.step_name, 0) + 1
+            return
         self.failures[data.step_name] = self.failures.get(data.step_name, 0) + 1
         if data.final:
             self.final_failures[data.step_name] = data

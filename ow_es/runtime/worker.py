@@ -85,6 +85,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._threads: ThreadPoolExecutor | None = None
         self._run_task: asyncio.Task[Any] | None = None
+        self._releasing: asyncio.Future[None] | None = None  # kept so it is not collected
 
     # -- public ----------------------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class Worker:
             max_payload_bytes=self.client.max_payload_bytes,
             lease_seconds=self.lease,
             max_crashes=self.max_crashes,
+            max_suspensions=self.client.max_suspensions,
         )
         self._run_task = asyncio.current_task()
         if handle_signals:
@@ -283,10 +285,13 @@ class Worker:
         is left to its thread; its late result is fenced out), and hand their runs back to
         other workers at once, within about a second."""
         leftovers = list(self._active.values())
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError):
             await _cancel(leftovers, wait=_ABORT_SECONDS / 3)
-            async with asyncio.timeout(_ABORT_SECONDS * 2 / 3):
-                await _release(leftovers)
+            # The hand-back goes on in the background if the database is slow to answer
+            # (the loop of an embedding app keeps running); run() returns on time anyway.
+            releasing = asyncio.ensure_future(_release(leftovers))
+            self._releasing = releasing
+            await asyncio.wait([releasing], timeout=_ABORT_SECONDS * 2 / 3)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

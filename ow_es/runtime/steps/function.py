@@ -13,7 +13,7 @@ from typing import Any
 
 from ow_es import events as ev
 from ow_es.durations import Duration, to_seconds, utcnow
-from ow_es.errors import StepTimeout
+from ow_es.errors import RetryAfter, StepTimeout
 from ow_es.payload import error_info, from_json_value, to_json_value
 from ow_es.retry import STEP_DEFAULT, RetryPolicy
 from ow_es.runtime.steps.host import StepHost
@@ -102,7 +102,11 @@ async def _attempt(
         raise
     except Exception as exc:
         error = error_info(exc)
-        final = not (retryable and policy.retryable(exc)) or budget_used >= policy.maximum_attempts
+        # RetryAfter parks the run without spending an attempt, up to max_suspensions times.
+        suspends = isinstance(exc, RetryAfter) and retryable and _may_suspend(ex, name)
+        final = not suspends and (
+            not (retryable and policy.retryable(exc)) or budget_used >= policy.maximum_attempts
+        )
         await ex.append(
             [
                 ev.StepFailed(
@@ -113,9 +117,13 @@ async def _attempt(
                     started_at=started,
                     final=final,
                     worker_id=worker,
+                    counted=not suspends,
                 )
             ]
         )
+        if isinstance(exc, RetryAfter) and suspends:
+            park = Park("retry", name, exc.until, attempt=attempt + 1, counted=False)
+            raise ex.parking(park) from None
         if final:
             raise step_failed(name, error, budget_used) from None
         until = utcnow() + timedelta(seconds=policy.delay(attempt))
@@ -133,6 +141,10 @@ async def _attempt(
         ]
     )
     return from_json_value(value, _return_type(fn), f"step {name!r} result")
+
+
+def _may_suspend(ex: StepHost, name: str) -> bool:
+    return ex.history.suspensions.get(name, 0) < ex.max_suspensions
 
 
 async def _call(

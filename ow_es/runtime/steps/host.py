@@ -35,6 +35,11 @@ class StepHost(Protocol):
     def max_payload_bytes(self) -> int: ...
 
     @property
+    def max_suspensions(self) -> int:
+        """How often one step may suspend with ``RetryAfter`` before it counts as a failure."""
+        ...
+
+    @property
     def threads(self) -> Executor:
         """Where sync step functions run."""
         ...
