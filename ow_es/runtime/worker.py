@@ -247,28 +247,31 @@ class Worker:
         store = self.client.store
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            await self._extend_leases()  # first: the leases matter more than the registry
             try:
                 await store.registry.beat(self.worker_id, busy=len(self._active))
             except OwEsError as exc:
                 log.warning("registry heartbeat failed: %s", exc)
-            claims = {run_id: ex.token for run_id, (_, ex) in self._active.items()}
-            if not claims:
-                continue
-            sent = asyncio.get_running_loop().time()
-            try:
-                held = await store.heartbeat(claims, self.lease)
-            except OwEsError as exc:
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            for run_id in held:
-                entry = self._active.get(run_id)
-                if entry is not None and entry[1].token == claims[run_id]:
-                    entry[1].lease_deadline = sent + self.lease
-            for run_id in set(claims) - held:
-                entry = self._active.get(run_id)
-                if entry is not None and entry[1].token == claims[run_id]:
-                    log.info("run %s: lease lost (canceled or taken over); dropping it", run_id)
-                    entry[0].cancel()
+
+    async def _extend_leases(self) -> None:
+        claims = {run_id: ex.token for run_id, (_, ex) in self._active.items()}
+        if not claims:
+            return
+        sent = asyncio.get_running_loop().time()
+        try:
+            held = await self.client.store.heartbeat(claims, self.lease)
+        except OwEsError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return
+        for run_id in held:
+            entry = self._active.get(run_id)
+            if entry is not None and entry[1].token == claims[run_id]:
+                entry[1].lease_deadline = sent + self.lease
+        for run_id in set(claims) - held:
+            entry = self._active.get(run_id)
+            if entry is not None and entry[1].token == claims[run_id]:
+                log.info("run %s: lease lost (canceled or taken over); dropping it", run_id)
+                entry[0].cancel()
 
     async def _drain(self) -> None:
         """``stop()``: give in-flight runs the stop timeout, then cancel and release the
