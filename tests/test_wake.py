@@ -76,3 +76,17 @@ async def test_a_thousand_result_waiters_hold_no_pool_connection(
             await asyncio.sleep(0.1)
         results = await asyncio.gather(*waiters)
     assert results == ["go"] * 1000
+
+
+async def test_every_waiter_of_a_process_sees_every_ready_signal(ow: ow_es.OpenWorkflow) -> None:
+    """A worker loop and a dashboard stream in one process each see a 'run may be ready'
+    signal: one waiting does not take it from the other, and one that came while a waiter
+    was busy is still seen by its next wait."""
+    await ow.connect()
+    wake = ow.store.wake_channel()
+    await wake.start()
+    first, second = wake.ready_waiter(), wake.ready_waiter()
+    await ow.start("wf")  # a new run: workers are told
+    assert await first.wait(5) is True
+    assert await second.wait(5) is True  # not taken by the first
+    assert await first.wait(0.05) is False  # nothing new since

@@ -70,6 +70,7 @@ async def stream(request: Request) -> Response:
     start, first = await _first_batch(client, after)
     wake = store.wake_channel()
     await wake.start()
+    ready = wake.ready_waiter()  # its own view: it takes no wake-up from a worker
 
     async def events() -> AsyncIterator[str]:
         cursor = start
@@ -85,7 +86,7 @@ async def stream(request: Request) -> Response:
                 yield frames(batch)
                 cursor, last_write = batch.cursor, time.monotonic()
             if len(batch.events) < BATCH:
-                await wake.wait_ready(POLL_SECONDS)
+                await ready.wait(POLL_SECONDS)
                 if time.monotonic() - last_write > PING_SECONDS:
                     yield ": ping\n\n"
                     last_write = time.monotonic()

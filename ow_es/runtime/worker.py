@@ -20,6 +20,7 @@ from ow_es.metrics import WorkerMetrics
 from ow_es.models import WorkerInfo, WorkflowRun
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
+from ow_es.store.port import ReadyWaiter
 
 if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow
@@ -149,6 +150,7 @@ class Worker:
     ) -> None:
         store = self.client.store
         wake = store.wake_channel()
+        ready = wake.ready_waiter()  # subscribed before the first claim: no wake-up is lost
         idle_wait = _FAST_POLL
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
@@ -176,7 +178,7 @@ class Worker:
                 timeout = idle_wait
             if free > len(claimed):
                 timeout = min(timeout, await self._until_next_timer(workflows))
-            await self._wait_for_work(wake, timeout, full=free == len(claimed))
+            await self._wait_for_work(ready, timeout, full=free == len(claimed))
 
     async def _until_next_timer(self, workflows: list[tuple[str, str | None]]) -> float:
         try:
@@ -187,15 +189,15 @@ class Worker:
             return self.poll_interval
         return max(0.0, (wake_at - utcnow()).total_seconds())
 
-    async def _wait_for_work(self, wake: Any, timeout: float, *, full: bool) -> None:
+    async def _wait_for_work(self, ready: ReadyWaiter, timeout: float, *, full: bool) -> None:
         """Wait for a wake-up, a finished run (a freed slot, perhaps a new timer), a stop, or
         the timeout. While every slot is busy, wake-ups wait for a slot first."""
-        waiters = [
+        waiters: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._stopping.wait()),
             asyncio.ensure_future(self._slot_freed.wait()),
         ]
         if not full:
-            waiters.append(asyncio.ensure_future(wake.wait_ready(timeout)))
+            waiters.append(asyncio.ensure_future(ready.wait(timeout)))
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:

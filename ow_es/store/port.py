@@ -344,8 +344,8 @@ class WakeChannel(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a ready-run notification; True if one came."""
+    def ready_waiter(self) -> ReadyWaiter:
+        """A waiter for 'a run may be ready' notifications; every waiter sees every one."""
         ...
 
     def subscribe_done(self, run_id: str) -> DoneWaiter: ...
@@ -355,3 +355,9 @@ class DoneWaiter(Protocol):
     async def wait(self, timeout: float) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class ReadyWaiter(Protocol):
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notification this waiter has not seen."""
+        ...

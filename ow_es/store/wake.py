@@ -51,16 +51,43 @@ class Waiter:
 
 
 class ReadySignal:
-    """'A run may be ready': wakes every waiting worker loop of this process."""
+    """'A run may be ready', broadcast: every waiter of this process (each worker loop, each
+    dashboard stream) sees every signal, including one that came while it was busy."""
 
     def __init__(self) -> None:
+        self.generation = 0
         self._event = asyncio.Event()
 
     def set(self) -> None:
-        self._event.set()
+        self.generation += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def waiter(self) -> ReadyWaiter:
+        return ReadyWaiter(self)
+
+    async def changed(self, timeout: float) -> None:
+        """Return at the next signal, or after ``timeout``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+
+
+class ReadyWaiter:
+    """One waiter's view of a ``ReadySignal``: what it has already seen."""
+
+    def __init__(self, signal: ReadySignal) -> None:
+        self._signal = signal
+        self._seen = signal.generation
 
     async def wait(self, timeout: float) -> bool:
-        return await _consume(self._event, timeout)
+        """Wait up to ``timeout`` seconds for a signal this waiter has not seen; True if one
+        came (also one that came since its last wait)."""
+        if self._signal.generation == self._seen:
+            await self._signal.changed(timeout)
+        woken = self._signal.generation != self._seen
+        self._seen = self._signal.generation
+        return woken
 
 
 async def _consume(event: asyncio.Event, timeout: float) -> bool:

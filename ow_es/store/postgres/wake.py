@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
+from ow_es.store.wake import DoneWaiters, ReadySignal, ReadyWaiter, Waiter
 
 log = logging.getLogger("ow_es.wake")
 _PAYLOAD_LIMIT = 7000  # NOTIFY payloads are capped near 8000 bytes
@@ -83,8 +83,8 @@ class PostgresWakeChannel:
                 await self._task
             self._task = None
 
-    async def wait_ready(self, timeout: float) -> bool:
-        return await self._ready.wait(timeout)
+    def ready_waiter(self) -> ReadyWaiter:
+        return self._ready.waiter()
 
     def subscribe_done(self, run_id: str) -> Waiter:
         return self._done.subscribe(run_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from ow_es.store.wake import DoneWaiters, ReadySignal, Waiter
+from ow_es.store.wake import DoneWaiters, ReadySignal, ReadyWaiter, Waiter
 
 
 class SqliteWakeChannel:
@@ -30,8 +30,8 @@ class SqliteWakeChannel:
     async def stop(self) -> None:
         return None
 
-    async def wait_ready(self, timeout: float) -> bool:
-        return await self.ready.wait(timeout)
+    def ready_waiter(self) -> ReadyWaiter:
+        return self.ready.waiter()
 
     def subscribe_done(self, run_id: str) -> Waiter:
         return self.done.subscribe(run_id)
