@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -17,6 +18,9 @@ from ow_es.models import RUN_STATUSES, Event, RunPage, RunState, WorkerInfo
 from ow_es.payload import check_name, to_json_value
 from ow_es.projections import fold_run
 from ow_es.reproject import Report, rebuild
+from ow_es.retention import ImportReport, RetentionReport
+from ow_es.retention import import_archive as _import_archive
+from ow_es.retention import retention as _retention
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.runtime.worker import Worker, WorkerOptions
 from ow_es.store import Appended, AppendRequest, Store, make_store
@@ -269,6 +273,31 @@ class OpenWorkflow:
         if dry_run:
             return Report(counts=await rebuilder.counts())
         return await rebuild(rebuilder, verify=verify, progress=progress or (lambda n: None))
+
+    async def retention(
+        self,
+        older_than: Duration = "30d",
+        archive: str | os.PathLike[str] | None = None,
+        dry_run: bool = False,
+        batch: int = 1000,
+    ) -> RetentionReport:
+        """Delete the terminal runs of this namespace that finished more than ``older_than``
+        ago, with their step attempts and events, a whole run tree at a time (a run goes only
+        with its descendants, and only when all are terminal and old enough), ``batch`` trees
+        per transaction. With ``archive`` (a ``.jsonl.gz`` path, appended to), each run is
+        written there first, and a batch is deleted only once the file is fsynced. Deleted
+        runs free their idempotency keys. ``dry_run`` counts and deletes nothing. Safe to run
+        from several processes at once."""
+        return await _retention(
+            self.store, older_than=older_than, archive=archive, dry_run=dry_run, batch=batch
+        )
+
+    async def import_archive(self, path: str | os.PathLike[str]) -> ImportReport:
+        """Load the runs of a retention archive back into this namespace: their rows, step
+        attempts and events as they were (events keep their seq, type, data and time; their
+        log positions are new). A run that exists (its id or idempotency key taken) is
+        skipped and reported."""
+        return await _import_archive(self.store, path)
 
     async def send_signal(
         self, signal: str, data: Any = None, *, idempotency_key: str | None = None

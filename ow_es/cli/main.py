@@ -15,6 +15,7 @@ from ow_es.cli.doctor import doctor
 from ow_es.cli.migrate import migrate
 from ow_es.cli.project import worker_defaults
 from ow_es.cli.reproject import reproject
+from ow_es.cli.retention import import_archive, retention
 from ow_es.cli.runs import runs
 from ow_es.cli.signal import signal
 from ow_es.cli.worker import worker
@@ -53,6 +54,8 @@ main.add_command(migrate)
 main.add_command(doctor)
 main.add_command(reproject)
 main.add_command(dashboard)
+main.add_command(retention)
+main.add_command(import_archive)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ow_es.models import Event, RunPage, StepAttempt, WorkerInfo, WorkflowRun
 if TYPE_CHECKING:
     from ow_es.store.plan import Plan
     from ow_es.store.rebuild_port import Rebuilder
+    from ow_es.store.retention_port import Retention
     from ow_es.store.tables import TxTime
 
 T = TypeVar("T")
@@ -306,6 +307,11 @@ class Adapter(Reads, Protocol):
 
     @property
     def registry(self) -> WorkerRegistry: ...
+
+    @property
+    def retention(self) -> Retention:
+        """Deleting (and archiving) old run trees, and importing archives."""
+        ...
 
 
 class WorkerRegistry(Protocol):

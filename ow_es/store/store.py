@@ -31,6 +31,7 @@ class Store:
         self.namespace = adapter.namespace
         self.dialect = adapter.dialect
         self.registry = adapter.registry  # who serves what (coordination, not the log)
+        self.retention = adapter.retention  # deleting old run trees, importing archives
 
     # -- lifecycle -------------------------------------------------------------------------
 

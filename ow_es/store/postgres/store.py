@@ -36,6 +36,7 @@ from ow_es.store.port import (
 from ow_es.store.postgres import schema
 from ow_es.store.postgres.errors import RETRYABLE, translate
 from ow_es.store.postgres.registry import PostgresRegistry
+from ow_es.store.postgres.retention import PostgresRetention
 from ow_es.store.postgres.single import OneStatementAppends
 from ow_es.store.postgres.transaction import PostgresTransaction
 from ow_es.store.postgres.wake import Channels, PostgresWakeChannel
@@ -342,6 +343,10 @@ class PostgresStore:
     @property
     def registry(self) -> PostgresRegistry:
         return PostgresRegistry(self)
+
+    @property
+    def retention(self) -> PostgresRetention:
+        return PostgresRetention(self)
 
     def wake_channel(self) -> PostgresWakeChannel:
         if self._wake is None:

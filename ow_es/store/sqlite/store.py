@@ -27,6 +27,7 @@ from ow_es.store.port import (
 from ow_es.store.rebuild_port import Rebuilder
 from ow_es.store.sqlite.errors import translate
 from ow_es.store.sqlite.registry import SqliteRegistry
+from ow_es.store.sqlite.retention import SqliteRetention
 from ow_es.store.sqlite.transaction import SqliteTransaction, row_dict, ts, workflows_json
 from ow_es.store.sqlite.wake import SqliteWakeChannel
 
@@ -251,6 +252,10 @@ class SqliteStore:
     @property
     def registry(self) -> SqliteRegistry:
         return SqliteRegistry(self)
+
+    @property
+    def retention(self) -> SqliteRetention:
+        return SqliteRetention(self)
 
     def wake_channel(self) -> SqliteWakeChannel:
         return self._wake
