@@ -24,6 +24,7 @@ from ow_es.models import Event, RunPage, RunState, StepAttempt, WorkerInfo, Work
 from ow_es.retry import RetryPolicy
 from ow_es.runtime.context import Context, RunInfo
 from ow_es.runtime.worker import Worker
+from ow_es.schedule import Schedule, ScheduleInfo, Tick
 from ow_es.workflow import Workflow, workflow
 
 __version__ = "0.1.0"
@@ -45,12 +46,15 @@ __all__ = [
     "RunNotFound",
     "RunPage",
     "RunState",
+    "Schedule",
+    "ScheduleInfo",
     "SchemaMismatch",
     "StepAttempt",
     "StepFailed",
     "StepLimitExceeded",
     "StepTimeout",
     "StoreUnavailable",
+    "Tick",
     "ValidationError",
     "Worker",
     "WorkerInfo",

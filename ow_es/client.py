@@ -9,8 +9,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
+import msgspec
+
 from ow_es import config
-from ow_es import events as ev
 from ow_es.durations import Duration, to_datetime, utcnow
 from ow_es.errors import ConfigError, RunNotFound, ValidationError
 from ow_es.handle import RunHandle
@@ -23,8 +24,11 @@ from ow_es.retention import import_archive as _import_archive
 from ow_es.retention import retention as _retention
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.runtime.worker import Worker, WorkerOptions
-from ow_es.store import Appended, AppendRequest, Store, make_store
+from ow_es.schedule import CatchUp, Overlap, Schedule, ScheduleInfo, next_tick, tick_input
+from ow_es.store import Appended, Store, make_store
 from ow_es.store.codec import current_shape, recorded_from_event
+from ow_es.store.port import start_request
+from ow_es.store.schedules_port import ScheduleRow
 from ow_es.transient import retrying
 from ow_es.workflow import Workflow, WorkflowFn
 
@@ -61,6 +65,7 @@ class OpenWorkflow:
         self.settings: config.Settings | None = None
         self._store: Store | None = None
         self._workflows: dict[tuple[str, str | None], Workflow[Any]] = {}
+        self._schedules: dict[str, tuple[Workflow[Any], Schedule]] = {}
 
     # -- connection ------------------------------------------------------------------------
 
@@ -104,8 +109,10 @@ class OpenWorkflow:
         version: str | None = None,
         retry: RetryPolicy | None = None,
         max_step_attempts: int = 1000,
+        schedule: Schedule | None = None,
     ) -> Callable[[WorkflowFn], Workflow[Any]]:
-        """Define a workflow and register it on this client."""
+        """Define a workflow and register it on this client (``schedule``: its cron
+        schedule, named after the workflow)."""
 
         def define(fn: WorkflowFn) -> Workflow[Any]:
             spec: Workflow[Any] = Workflow(
@@ -114,6 +121,7 @@ class OpenWorkflow:
                 version=version,
                 retry=retry or WORKFLOW_DEFAULT,
                 max_step_attempts=max_step_attempts,
+                schedule=schedule,
             )
             return self.register(spec)
 
@@ -126,7 +134,55 @@ class OpenWorkflow:
         self._workflows[workflow.key] = workflow
         if workflow.client is None:
             workflow.client = self
+        if workflow.schedule is not None:
+            self._add_schedule(workflow.name, workflow, workflow.schedule)
         return workflow
+
+    def schedule(
+        self,
+        name: str,
+        workflow: Workflow[Any],
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        input: Any = None,
+        overlap: Overlap = "skip",
+        catch_up: CatchUp = "latest",
+    ) -> Schedule:
+        """Run ``workflow`` on a cron schedule; this client's workers serve it and fire its
+        ticks (each tick one run, with the key ``schedule:<name>:<tick time>``)."""
+        spec = Schedule(cron, timezone=timezone, overlap=overlap, catch_up=catch_up, input=input)
+        if self._workflows.get(workflow.key) is not workflow:
+            self.register(workflow)
+        self._add_schedule(name, workflow, spec)
+        return spec
+
+    def _add_schedule(self, name: str, workflow: Workflow[Any], spec: Schedule) -> None:
+        check_name(name, "schedule name")
+        if not workflow.takes_tick:
+            schema = workflow.input_type if workflow.takes_input else Any
+            to_json_value(spec.input, "schedule input", self.max_payload_bytes, schema)
+        self._schedules[name] = (workflow, spec)
+
+    def schedule_rows(self, now: datetime) -> list[ScheduleRow]:
+        """The schedules registered here, as rows whose next tick is the first after ``now``."""
+        return [
+            ScheduleRow(
+                name=name,
+                workflow_name=wf.name,
+                version=wf.version,
+                cron=spec.cron,
+                timezone=spec.timezone,
+                input=None
+                if wf.takes_tick
+                else to_json_value(spec.input, "input", self.max_payload_bytes),
+                tick=wf.takes_tick,
+                overlap=spec.overlap,
+                catch_up=spec.catch_up,
+                next_tick_at=next_tick(spec.cron, spec.timezone, now),
+            )
+            for name, (wf, spec) in self._schedules.items()
+        ]
 
     def registered(self, name: str, version: str | None) -> Workflow[Any] | None:
         return self._workflows.get((name, version))
@@ -182,24 +238,58 @@ class OpenWorkflow:
             deadline = None if deadline_at is None else to_datetime(deadline_at, "deadline_at")
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
-        request = AppendRequest(
-            run_id=uuid.uuid4().hex,
-            events=[
-                ev.RunCreated(
-                    workflow_name=name,
-                    version=version,
-                    input=value,
-                    idempotency_key=idempotency_key,
-                    available_at=start_at,
-                    deadline_at=deadline,
-                )
-            ],
+        request = start_request(
+            name,
+            version,
+            value,
+            idempotency_key=idempotency_key,
+            available_at=start_at,
+            deadline_at=deadline,
         )
         # Sent again after a lost reply, the same request (same run id) finds its own run.
         (outcome,) = await self._retrying("starting a run", lambda: self.store.append([request]))
         if not isinstance(outcome, Appended):
             raise outcome
         return RunHandle(self, outcome.run.id, outcome.run.workflow_name, spec)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def _json(self, value: Any) -> Any:
+        return to_json_value(value, "schedule input", self.max_payload_bytes)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """The schedules stored in this namespace, with their last run's status."""
+        infos = []
+        for row in await self.store.schedules.all():
+            last = await self.store.get_run(row.last_run_id) if row.last_run_id else None
+            fields = msgspec.structs.asdict(row)
+            del fields["input"], fields["tick"]
+            infos.append(ScheduleInfo(**fields, last_run_status=last.status if last else None))
+        return infos
+
+    async def pause_schedule(self, name: str) -> None:
+        """Stop firing ``name``'s ticks (stored: survives deploys) until ``resume_schedule``."""
+        if not await self.store.schedules.set_paused(name, True):
+            raise ValidationError(f"no schedule named {name!r}")
+
+    async def resume_schedule(self, name: str) -> None:
+        """Fire ``name`` again; ticks missed while paused follow its catch-up policy."""
+        if not await self.store.schedules.set_paused(name, False):
+            raise ValidationError(f"no schedule named {name!r}")
+
+    async def trigger_schedule(self, name: str) -> RunHandle:
+        """Start a run of ``name`` now, outside its cron (key ``schedule:<name>:manual:<id>``)."""
+        row = next((r for r in await self.store.schedules.all() if r.name == name), None)
+        if row is None:
+            raise ValidationError(f"no schedule named {name!r}")
+        now = utcnow()
+        value = tick_input(name, now, row.input, row.tick)
+        key = f"schedule:{name}:manual:{uuid.uuid4().hex}"
+        handle = await self.start(
+            row.workflow_name, value, version=row.version, idempotency_key=key
+        )
+        await self.store.schedules.set_last_run(name, handle.run_id)
+        return handle
 
     async def get_handle(self, run_id: str) -> RunHandle:
         run = await self.store.get_run(run_id)

@@ -137,6 +137,12 @@ class WorkerMetrics:
         self.events_appended = Counter(
             "ow_es_events_appended", "Events this worker appended.", ["type"], registry=r
         )
+        self.schedule_ticks = Counter(
+            "ow_es_schedule_ticks",
+            "Schedule ticks this worker fired: a run started, or skipped (overlap).",
+            ["schedule", "outcome"],
+            registry=r,
+        )
         r.register(_Live(self))
 
     # -- hooks -------------------------------------------------------------------------------
@@ -168,6 +174,13 @@ class WorkerMetrics:
             task = asyncio.create_task(self._observe_latency(list(runs), store))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def fired(self, started: Sequence[str], skipped: Sequence[str]) -> None:
+        """After firing schedules: the schedule names of the runs started and ticks skipped."""
+        for name in started:
+            self.schedule_ticks.labels(name, "started").inc()
+        for name in skipped:
+            self.schedule_ticks.labels(name, "skipped").inc()
 
     def committed(self, requests: Sequence[AppendRequest], outcomes: Sequence[Outcome]) -> None:
         """After a group commit: what its accepted requests appended."""

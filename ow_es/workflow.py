@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ow_es.payload import check_name
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
+from ow_es.schedule import Schedule, Tick
 
 if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow
@@ -44,6 +45,7 @@ class Workflow(Generic[R]):
     version: str | None = None
     retry: RetryPolicy = WORKFLOW_DEFAULT
     max_step_attempts: int = 1000
+    schedule: Schedule | None = None
     takes_input: bool = field(init=False)
     input_type: Any = field(init=False)
     output_type: Any = field(init=False)
@@ -58,6 +60,11 @@ class Workflow(Generic[R]):
         if self.max_step_attempts < 1:
             raise ValueError("max_step_attempts must be at least 1")
         self.takes_input, self.input_type, self.output_type = _schemas(self.fn)
+
+    @property
+    def takes_tick(self) -> bool:
+        """Its input annotation is ``Tick``: a scheduled run gets its tick as input."""
+        return self.takes_input and self.input_type is Tick
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -81,6 +88,7 @@ def workflow(
     version: str | None = None,
     retry: RetryPolicy | None = None,
     max_step_attempts: int = 1000,
+    schedule: Schedule | None = None,
 ) -> Callable[[WorkflowFn], Workflow[Any]]:
     """Define a workflow without a client; register it on a worker's client with
     ``ow.register(wf)`` and start it from any client with ``ow.start(wf, input)``."""
@@ -92,6 +100,7 @@ def workflow(
             version=version,
             retry=retry or WORKFLOW_DEFAULT,
             max_step_attempts=max_step_attempts,
+            schedule=schedule,
         )
 
     return define

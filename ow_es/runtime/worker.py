@@ -117,6 +117,7 @@ class Worker:
             self.metrics.start(self)
         await self._register(workflows)
         heartbeats = asyncio.create_task(self._heartbeat_loop(), name="ow-es-heartbeat")
+        schedules = asyncio.create_task(self._schedule_loop(), name="ow-es-schedules")
         try:
             await self._claim_loop(settings, workflows)
             await self._drain()
@@ -125,6 +126,7 @@ class Worker:
             raise
         finally:
             heartbeats.cancel()
+            schedules.cancel()
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self.metrics is not None:
                 self.metrics.stop()
@@ -254,6 +256,37 @@ class Worker:
                 await store.registry.beat(self.worker_id, busy=len(self._active))
             except OwEsError as exc:
                 log.warning("registry heartbeat failed: %s", exc)
+
+    async def _schedule_loop(self) -> None:
+        """Fire the due ticks of the schedules registered on this client: every worker may
+        fire (due rows are locked, skipping locked ones; the tick's idempotency key keeps each
+        tick one run), then wait for the next due tick or the poll interval."""
+        store = self.client.store
+        rows = self.client.schedule_rows(utcnow())
+        if not rows:
+            return
+        names = [row.name for row in rows]
+        try:
+            await store.schedules.upsert(rows)
+        except OwEsError as exc:
+            log.warning("could not record the schedules: %s", exc)
+        while True:
+            try:
+                fired = await store.fire_schedules(names)
+                for name, run_id, key in fired.started:
+                    log.info("schedule %s: started run %s (%s)", name, run_id, key)
+                for name in fired.skipped:
+                    log.info("schedule %s: tick skipped, its previous run is not done", name)
+                if self.metrics is not None:
+                    self.metrics.fired([s[0] for s in fired.started], fired.skipped)
+                next_due = await store.schedules.next_due(names)
+            except OwEsError as exc:
+                log.warning("firing schedules failed: %s", exc)
+                next_due = None
+            wait = self.poll_interval
+            if next_due is not None:
+                wait = min(wait, max(0.0, (next_due - utcnow()).total_seconds()))
+            await asyncio.sleep(max(wait, 0.01))
 
     async def _extend_leases(self) -> None:
         claims = {run_id: ex.token for run_id, (_, ex) in self._active.items()}

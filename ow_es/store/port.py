@@ -8,6 +8,7 @@ translate driver errors into ow-es errors, so nothing above them imports psycopg
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,13 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
-from ow_es.events import EventData
+from ow_es.events import EventData, RunCreated
 from ow_es.models import Event, RunPage, StepAttempt, WorkerInfo, WorkflowRun
 
 if TYPE_CHECKING:
     from ow_es.store.plan import Plan
     from ow_es.store.rebuild_port import Rebuilder
     from ow_es.store.retention_port import Retention
+    from ow_es.store.schedules_port import Schedules
     from ow_es.store.tables import TxTime
 
 T = TypeVar("T")
@@ -60,6 +62,32 @@ class AppendRequest(msgspec.Struct, kw_only=True):
     def compound(self) -> bool:
         """Writes another run too: it gets a transaction of its own."""
         return self.child is not None or self.signal is not None
+
+
+def start_request(
+    workflow_name: str,
+    version: str | None,
+    input: Any,
+    *,
+    idempotency_key: str | None,
+    available_at: datetime,
+    deadline_at: datetime | None = None,
+) -> AppendRequest:
+    """The request that starts a run (a client's ``start``, a schedule's tick): a new run id
+    and one ``RunCreated`` event."""
+    return AppendRequest(
+        run_id=uuid.uuid4().hex,
+        events=[
+            RunCreated(
+                workflow_name=workflow_name,
+                version=version,
+                input=input,
+                idempotency_key=idempotency_key,
+                available_at=available_at,
+                deadline_at=deadline_at,
+            )
+        ],
+    )
 
 
 class Appended(msgspec.Struct, kw_only=True):
@@ -311,6 +339,11 @@ class Adapter(Reads, Protocol):
     @property
     def retention(self) -> Retention:
         """Deleting (and archiving) old run trees, and importing archives."""
+        ...
+
+    @property
+    def schedules(self) -> Schedules:
+        """The ``schedules`` table: cron schedules, their next tick and paused state."""
         ...
 
 

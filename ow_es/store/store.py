@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
-from ow_es.store import rules
+from ow_es.store import rules, schedule_rules
 from ow_es.store.port import (
     Adapter,
     AppendRequest,
@@ -21,6 +21,7 @@ from ow_es.store.port import (
     WorkflowKey,
 )
 from ow_es.store.rebuild_port import Rebuilder
+from ow_es.store.schedules_port import Fired
 
 
 class Store:
@@ -32,6 +33,7 @@ class Store:
         self.dialect = adapter.dialect
         self.registry = adapter.registry  # who serves what (coordination, not the log)
         self.retention = adapter.retention  # deleting old run trees, importing archives
+        self.schedules = adapter.schedules  # cron schedules (coordination, not the log)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -87,6 +89,17 @@ class Store:
     async def send_signal(self, signal_name: str, data: Any, key: str | None) -> list[str]:
         return await self.adapter.transaction(
             "sending a signal", lambda tx: rules.send_signal(tx, signal_name, data, key)
+        )
+
+    async def fire_schedules(self, names: Sequence[str], now: datetime | None = None) -> Fired:
+        """Fire the due ticks of these schedules in one transaction (see
+        ``schedule_rules.decide``); ``now``: the due time (default: the database's clock)."""
+        if not names:
+            return Fired()
+        return await self.adapter.schedules.fire(
+            sorted(names),
+            lambda tx, rows: schedule_rules.decide(tx, rows, now),
+            now,
         )
 
     async def heartbeat(self, claims: dict[str, str], lease_seconds: float) -> set[str]:

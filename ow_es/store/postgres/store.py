@@ -37,6 +37,7 @@ from ow_es.store.postgres import schema
 from ow_es.store.postgres.errors import RETRYABLE, translate
 from ow_es.store.postgres.registry import PostgresRegistry
 from ow_es.store.postgres.retention import PostgresRetention
+from ow_es.store.postgres.schedules import PostgresSchedules
 from ow_es.store.postgres.single import OneStatementAppends
 from ow_es.store.postgres.transaction import PostgresTransaction
 from ow_es.store.postgres.wake import Channels, PostgresWakeChannel
@@ -347,6 +348,10 @@ class PostgresStore:
     @property
     def retention(self) -> PostgresRetention:
         return PostgresRetention(self)
+
+    @property
+    def schedules(self) -> PostgresSchedules:
+        return PostgresSchedules(self)
 
     def wake_channel(self) -> PostgresWakeChannel:
         if self._wake is None:

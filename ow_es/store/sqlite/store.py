@@ -28,6 +28,7 @@ from ow_es.store.rebuild_port import Rebuilder
 from ow_es.store.sqlite.errors import translate
 from ow_es.store.sqlite.registry import SqliteRegistry
 from ow_es.store.sqlite.retention import SqliteRetention
+from ow_es.store.sqlite.schedules import SqliteSchedules
 from ow_es.store.sqlite.transaction import SqliteTransaction, row_dict, ts, workflows_json
 from ow_es.store.sqlite.wake import SqliteWakeChannel
 
@@ -256,6 +257,10 @@ class SqliteStore:
     @property
     def retention(self) -> SqliteRetention:
         return SqliteRetention(self)
+
+    @property
+    def schedules(self) -> SqliteSchedules:
+        return SqliteSchedules(self)
 
     def wake_channel(self) -> SqliteWakeChannel:
         return self._wake
