@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ import pytest
 import ow_es
 from ow_es.metrics import WorkerMetrics
 from ow_es.schedule import due_ticks, next_tick, tick_key
+from tests.support.cli import ainvoke, assert_one_line_error, db_args, ok
 from tests.support.databases import ClientFactory
 from tests.support.workers import running_worker
 
@@ -196,3 +198,25 @@ async def test_pause_resume_and_trigger(ow: ow_es.OpenWorkflow) -> None:
     assert run is not None and (run.idempotency_key or "").startswith("schedule:p:manual:")
     with pytest.raises(ow_es.ValidationError):
         await ow.pause_schedule("nope")
+
+
+async def test_the_cli_lists_pauses_resumes_and_triggers(ow: ow_es.OpenWorkflow, db: Any) -> None:
+    @ow.workflow(name="nightly", schedule=ow_es.Schedule("0 3 * * *", timezone="Europe/Berlin"))
+    async def nightly(ctx: ow_es.Context, tick: ow_es.Tick) -> None:
+        return None
+
+    await ow.connect()
+    await ow.store.schedules.upsert(ow.schedule_rows(datetime.now(UTC)))
+    args = db_args(db)
+    ok(await ainvoke("schedules", "pause", "nightly", *args))
+    listed = json.loads(ok(await ainvoke("schedules", "list", "--json", *args)))
+    assert [(s["name"], s["paused"], s["timezone"]) for s in listed] == [
+        ("nightly", True, "Europe/Berlin")
+    ]
+    ok(await ainvoke("schedules", "resume", "nightly", *args))
+    run_id = ok(await ainvoke("schedules", "trigger", "nightly", *args)).strip()
+    table = ok(await ainvoke("schedules", "list", *args))
+    assert "nightly" in table and run_id in table and "pending" in table
+    (info,) = await ow.schedules()
+    assert not info.paused and info.last_run_id == run_id
+    assert_one_line_error(await ainvoke("schedules", "pause", "nope", *args), "nope")

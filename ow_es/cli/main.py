@@ -17,6 +17,7 @@ from ow_es.cli.project import worker_defaults
 from ow_es.cli.reproject import reproject
 from ow_es.cli.retention import import_archive, retention
 from ow_es.cli.runs import runs
+from ow_es.cli.schedules import schedules
 from ow_es.cli.signal import signal
 from ow_es.cli.worker import worker
 
@@ -50,6 +51,7 @@ def main(ctx: click.Context) -> None:
 main.add_command(worker)
 main.add_command(runs)
 main.add_command(signal)
+main.add_command(schedules)
 main.add_command(migrate)
 main.add_command(doctor)
 main.add_command(reproject)
