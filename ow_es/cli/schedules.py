@@ -52,8 +52,9 @@ def list_schedules(conn: Connection, as_json: bool) -> None:
 
 @schedules.command("pause")
 @click.argument("name")
+@json_option
 @connection_options
-def pause(conn: Connection, name: str) -> None:
+def pause(conn: Connection, name: str, as_json: bool) -> None:
     """Stop firing NAME's ticks until `resume`."""
 
     async def call() -> None:
@@ -61,13 +62,14 @@ def pause(conn: Connection, name: str) -> None:
             await client.pause_schedule(name)
 
     asyncio.run(call())
-    click.echo(f"paused {name}")
+    click.echo(fmt.to_json({"schedule": name, "paused": True}) if as_json else f"paused {name}")
 
 
 @schedules.command("resume")
 @click.argument("name")
+@json_option
 @connection_options
-def resume(conn: Connection, name: str) -> None:
+def resume(conn: Connection, name: str, as_json: bool) -> None:
     """Fire NAME again (ticks missed while paused follow its catch-up policy)."""
 
     async def call() -> None:
@@ -75,17 +77,19 @@ def resume(conn: Connection, name: str) -> None:
             await client.resume_schedule(name)
 
     asyncio.run(call())
-    click.echo(f"resumed {name}")
+    click.echo(fmt.to_json({"schedule": name, "paused": False}) if as_json else f"resumed {name}")
 
 
 @schedules.command("trigger")
 @click.argument("name")
+@json_option
 @connection_options
-def trigger(conn: Connection, name: str) -> None:
+def trigger(conn: Connection, name: str, as_json: bool) -> None:
     """Start a run of NAME now, outside its cron; prints its run id."""
 
     async def call() -> str:
         async with open_client(conn) as client:
             return (await client.trigger_schedule(name)).run_id
 
-    click.echo(asyncio.run(call()))
+    run_id = asyncio.run(call())
+    click.echo(fmt.to_json({"schedule": name, "run_id": run_id}) if as_json else run_id)
