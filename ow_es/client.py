@@ -9,9 +9,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
-import msgspec
-
-from ow_es import config
+from ow_es import config, scheduling
 from ow_es.durations import Duration, to_datetime, utcnow
 from ow_es.errors import ConfigError, RunNotFound, ValidationError
 from ow_es.handle import RunHandle
@@ -24,10 +22,10 @@ from ow_es.retention import import_archive as _import_archive
 from ow_es.retention import retention as _retention
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.runtime.worker import Worker, WorkerOptions
-from ow_es.schedule import CatchUp, Overlap, Schedule, ScheduleInfo, next_tick, tick_input
+from ow_es.schedule import CatchUp, Overlap, Schedule, ScheduleInfo
 from ow_es.store import Appended, Store, make_store
 from ow_es.store.codec import current_shape, recorded_from_event
-from ow_es.store.port import start_request
+from ow_es.store.plan import start_request
 from ow_es.store.schedules_port import ScheduleRow
 from ow_es.transient import retrying
 from ow_es.workflow import Workflow, WorkflowFn
@@ -166,23 +164,7 @@ class OpenWorkflow:
 
     def schedule_rows(self, now: datetime) -> list[ScheduleRow]:
         """The schedules registered here, as rows whose next tick is the first after ``now``."""
-        return [
-            ScheduleRow(
-                name=name,
-                workflow_name=wf.name,
-                version=wf.version,
-                cron=spec.cron,
-                timezone=spec.timezone,
-                input=None
-                if wf.takes_tick
-                else to_json_value(spec.input, "input", self.max_payload_bytes),
-                tick=wf.takes_tick,
-                overlap=spec.overlap,
-                catch_up=spec.catch_up,
-                next_tick_at=next_tick(spec.cron, spec.timezone, now),
-            )
-            for name, (wf, spec) in self._schedules.items()
-        ]
+        return scheduling.rows(self._schedules, self.max_payload_bytes, now)
 
     def registered(self, name: str, version: str | None) -> Workflow[Any] | None:
         return self._workflows.get((name, version))
@@ -254,42 +236,21 @@ class OpenWorkflow:
 
     # -- schedules -------------------------------------------------------------------------
 
-    def _json(self, value: Any) -> Any:
-        return to_json_value(value, "schedule input", self.max_payload_bytes)
-
     async def schedules(self) -> list[ScheduleInfo]:
         """The schedules stored in this namespace, with their last run's status."""
-        infos = []
-        for row in await self.store.schedules.all():
-            last = await self.store.get_run(row.last_run_id) if row.last_run_id else None
-            fields = msgspec.structs.asdict(row)
-            del fields["input"], fields["tick"]
-            infos.append(ScheduleInfo(**fields, last_run_status=last.status if last else None))
-        return infos
+        return await scheduling.stored(self.store)
 
     async def pause_schedule(self, name: str) -> None:
         """Stop firing ``name``'s ticks (stored: survives deploys) until ``resume_schedule``."""
-        if not await self.store.schedules.set_paused(name, True):
-            raise ValidationError(f"no schedule named {name!r}")
+        await scheduling.set_paused(self.store, name, True)
 
     async def resume_schedule(self, name: str) -> None:
         """Fire ``name`` again; ticks missed while paused follow its catch-up policy."""
-        if not await self.store.schedules.set_paused(name, False):
-            raise ValidationError(f"no schedule named {name!r}")
+        await scheduling.set_paused(self.store, name, False)
 
     async def trigger_schedule(self, name: str) -> RunHandle:
         """Start a run of ``name`` now, outside its cron (key ``schedule:<name>:manual:<id>``)."""
-        row = next((r for r in await self.store.schedules.all() if r.name == name), None)
-        if row is None:
-            raise ValidationError(f"no schedule named {name!r}")
-        now = utcnow()
-        value = tick_input(name, now, row.input, row.tick)
-        key = f"schedule:{name}:manual:{uuid.uuid4().hex}"
-        handle = await self.start(
-            row.workflow_name, value, version=row.version, idempotency_key=key
-        )
-        await self.store.schedules.set_last_run(name, handle.run_id)
-        return handle
+        return await scheduling.trigger(self, name)
 
     async def get_handle(self, run_id: str) -> RunHandle:
         run = await self.store.get_run(run_id)

@@ -6,8 +6,10 @@ adapter writes the resulting :class:`Plan` as it is.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -40,6 +42,32 @@ class Plan:
 
 
 ENDINGS = (ev.RunCanceled, ev.RunFailed)  # ends that close the run's open attempts
+
+
+def start_request(
+    workflow_name: str,
+    version: str | None,
+    input: Any,
+    *,
+    idempotency_key: str | None,
+    available_at: datetime,
+    deadline_at: datetime | None = None,
+) -> AppendRequest:
+    """The request that starts a run (a client's ``start``, a schedule's tick): a new run id
+    and one ``RunCreated`` event."""
+    return AppendRequest(
+        run_id=uuid.uuid4().hex,
+        events=[
+            ev.RunCreated(
+                workflow_name=workflow_name,
+                version=version,
+                input=input,
+                idempotency_key=idempotency_key,
+                available_at=available_at,
+                deadline_at=deadline_at,
+            )
+        ],
+    )
 
 
 def is_create(request: AppendRequest) -> bool:

@@ -8,7 +8,6 @@ translate driver errors into ow-es errors, so nothing above them imports psycopg
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
-from ow_es.events import EventData, RunCreated
+from ow_es.events import EventData
 from ow_es.models import Event, RunPage, StepAttempt, WorkerInfo, WorkflowRun
 
 if TYPE_CHECKING:
@@ -62,32 +61,6 @@ class AppendRequest(msgspec.Struct, kw_only=True):
     def compound(self) -> bool:
         """Writes another run too: it gets a transaction of its own."""
         return self.child is not None or self.signal is not None
-
-
-def start_request(
-    workflow_name: str,
-    version: str | None,
-    input: Any,
-    *,
-    idempotency_key: str | None,
-    available_at: datetime,
-    deadline_at: datetime | None = None,
-) -> AppendRequest:
-    """The request that starts a run (a client's ``start``, a schedule's tick): a new run id
-    and one ``RunCreated`` event."""
-    return AppendRequest(
-        run_id=uuid.uuid4().hex,
-        events=[
-            RunCreated(
-                workflow_name=workflow_name,
-                version=version,
-                input=input,
-                idempotency_key=idempotency_key,
-                available_at=available_at,
-                deadline_at=deadline_at,
-            )
-        ],
-    )
 
 
 class Appended(msgspec.Struct, kw_only=True):

@@ -8,7 +8,8 @@ from datetime import datetime
 
 from ow_es.schedule import due_ticks, tick_input, tick_key
 from ow_es.store import rules
-from ow_es.store.port import Appended, Primitives, start_request
+from ow_es.store.plan import start_request
+from ow_es.store.port import Appended, Primitives
 from ow_es.store.schedules_port import Fired, ScheduleRow
 
 

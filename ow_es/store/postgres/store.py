@@ -87,6 +87,10 @@ class PostgresStore:
         self._checking: asyncio.Future[None] | None = None
         self.retry_seconds = retry_seconds  # how long transient failures are retried
         self.single = OneStatementAppends(self.connection, self.gate_key, self.channels)
+        # The adapter's parts beside the log: who serves what, retention, schedules.
+        self.registry = PostgresRegistry(self)
+        self.retention = PostgresRetention(self)
+        self.schedules = PostgresSchedules(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -340,18 +344,6 @@ class PostgresStore:
         from ow_es.store.postgres.rebuild import PostgresRebuilder
 
         return PostgresRebuilder(self)
-
-    @property
-    def registry(self) -> PostgresRegistry:
-        return PostgresRegistry(self)
-
-    @property
-    def retention(self) -> PostgresRetention:
-        return PostgresRetention(self)
-
-    @property
-    def schedules(self) -> PostgresSchedules:
-        return PostgresSchedules(self)
 
     def wake_channel(self) -> PostgresWakeChannel:
         if self._wake is None:

@@ -52,6 +52,10 @@ class SqliteStore:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._wake = SqliteWakeChannel.for_path(path)
+        # The adapter's parts beside the log: who serves what, retention, schedules.
+        self.registry = SqliteRegistry(self)
+        self.retention = SqliteRetention(self)
+        self.schedules = SqliteSchedules(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -249,18 +253,6 @@ class SqliteStore:
         from ow_es.store.sqlite.rebuild import SqliteRebuilder
 
         return SqliteRebuilder(self)
-
-    @property
-    def registry(self) -> SqliteRegistry:
-        return SqliteRegistry(self)
-
-    @property
-    def retention(self) -> SqliteRetention:
-        return SqliteRetention(self)
-
-    @property
-    def schedules(self) -> SqliteSchedules:
-        return SqliteSchedules(self)
 
     def wake_channel(self) -> SqliteWakeChannel:
         return self._wake
