@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 import ow_es
@@ -214,6 +215,30 @@ async def test_run_detail_events_state_children_and_failed_attempts(
 
 
 # -- actions ------------------------------------------------------------------------------------
+
+
+async def test_no_response_carries_a_claim_token(make_client: Any) -> None:
+    """A claim token is a worker's fencing secret: the API leaves it out of run rows and of
+    ``run_claimed`` events, while a user's own key of that name is kept."""
+    ow = await connected(make_client)
+    handle = await ow.start("held", {"claim_token": "mine"})
+    (claimed,) = await ow.store.claim("w-1", [("held", None)], 1, 300)
+    assert claimed.claim_token
+    async with serve_dashboard(ow) as url, httpx.AsyncClient(base_url=url) as http:
+        bodies = [
+            (await http.get(path)).text
+            for path in (
+                "/api/runs",
+                f"/api/runs/{handle.run_id}",
+                f"/api/runs/{handle.run_id}/events",
+                f"/api/runs/{handle.run_id}/state?seq=2",
+                "/api/workers?stuck_after=0",
+            )
+        ]
+    for body in bodies:
+        assert claimed.claim_token not in body
+    detail = msgspec.json.decode(bodies[1])
+    assert detail["run"]["input"] == {"claim_token": "mine"}
 
 
 async def test_start_validates_and_is_idempotent(make_client: Any) -> None:

@@ -17,6 +17,7 @@ from ow_es.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from ow_es.models import Event, RunState, WorkflowRun
 
 log = logging.getLogger("ow_es.dashboard")
 _encoder = msgspec.json.Encoder()
@@ -32,8 +33,25 @@ class ApiError(Exception):
 
 
 def to_builtins(value: Any) -> Any:
-    """Structs to dicts, times to ISO-8601 strings (UTC, ``Z``)."""
-    return msgspec.to_builtins(value)
+    """Structs to dicts, times to ISO-8601 strings (UTC, ``Z``); claim tokens (a worker's
+    fencing secret, in run rows and ``run_claimed`` events) are left out."""
+    return msgspec.to_builtins(_without_tokens(value))
+
+
+def _without_tokens(value: Any) -> Any:
+    """The response's runs and events without claim tokens (user data is not walked)."""
+    if isinstance(value, WorkflowRun):
+        return msgspec.structs.replace(value, claim_token=None)
+    if isinstance(value, Event) and "claim_token" in value.data:
+        data = {k: v for k, v in value.data.items() if k != "claim_token"}
+        return msgspec.structs.replace(value, data=data)
+    if isinstance(value, RunState):
+        return msgspec.structs.replace(value, run=_without_tokens(value.run))
+    if isinstance(value, dict):
+        return {k: _without_tokens(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_tokens(v) for v in value]
+    return value
 
 
 def json_response(body: Any, status: int = 200) -> Response:
