@@ -39,6 +39,7 @@ class RetentionReport:
     archived: int = 0
     batches: int = 0
     archive: str | None = None
+    signal_sends: int = 0  # idempotency keys of signal sends forgotten
 
     def add(self, batch: SweepResult) -> None:
         self.runs += batch.runs
@@ -108,9 +109,14 @@ async def retention(
     while True:
         result = await store.retention.sweep(cutoff, after, batch, dry_run=dry_run, archive=sink)
         if result.cursor is None:
-            return report
+            break
         report.add(result)
         after = result.cursor
+    while forgotten := await store.retention.forget_sends(cutoff, batch, dry_run=dry_run):
+        report.signal_sends += forgotten
+        if dry_run or forgotten < batch:
+            break
+    return report
 
 
 def read_archive(path: str | os.PathLike[str]) -> Iterator[ArchivedRun]:

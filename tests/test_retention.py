@@ -123,6 +123,20 @@ async def test_deleting_frees_the_idempotency_key(ow: ow_es.OpenWorkflow) -> Non
     assert await ow.store.get_run(again.run_id) is not None
 
 
+async def test_old_signal_sends_are_forgotten_with_their_keys(ow: ow_es.OpenWorkflow) -> None:
+    """Every send records its idempotency key (a send without one gets one, so a repeat
+    after a lost reply delivers once); retention forgets those older than the cutoff."""
+    await ow.connect()
+    for n in range(3):
+        await ow.send_signal("nobody-waits", n)
+    await ow.send_signal("nobody-waits", 9, idempotency_key="kept-for-a-day")
+    assert (await ow.retention(older_than="1d")).signal_sends == 0  # none that old
+    dry = await ow.retention(older_than="0s", dry_run=True, batch=2)
+    assert dry.signal_sends == 2  # a dry run counts one batch
+    assert (await ow.retention(older_than="0s", batch=2)).signal_sends == 4
+    assert (await ow.retention(older_than="0s")).signal_sends == 0
+
+
 async def test_a_dry_run_deletes_nothing(ow: ow_es.OpenWorkflow) -> None:
     _define(ow)
     await ow.connect()

@@ -78,6 +78,9 @@ def retention(
     )
     if report.archive is not None and not report.dry_run:
         line += f"; {report.archived} run(s) archived to {report.archive}"
+    if report.signal_sends:
+        verb = "to forget" if report.dry_run else "forgotten"
+        line += f"; {report.signal_sends} signal send key(s) {verb}"
     click.echo(line + ("; nothing was deleted (dry run)" if report.dry_run else ""))
 
 

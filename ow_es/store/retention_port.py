@@ -64,6 +64,11 @@ class Retention(Protocol):
         nothing, lock nothing."""
         ...
 
+    async def forget_sends(self, cutoff: datetime, limit: int, *, dry_run: bool) -> int:
+        """Forget up to ``limit`` signal sends recorded before ``cutoff`` (their idempotency
+        keys; a send without a key gets one, so they accumulate); how many."""
+        ...
+
     async def restore(self, runs: list[ArchivedRun]) -> list[str]:
         """Insert archived runs into this namespace as they were (events with their seq, type,
         data and time; new positions), in one transaction; the ids of those inserted. A run

@@ -105,6 +105,29 @@ class _Tx:
         ]
 
 
+# Oldest first through signal_sends_created (migration 0005), a batch at a time.
+_FORGET_SENDS = """
+WITH old AS (
+    SELECT signal_name, idempotency_key FROM signal_sends
+    WHERE namespace_id = %(ns)s AND created_at < %(cutoff)s
+    ORDER BY created_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM signal_sends s USING old
+    WHERE s.namespace_id = %(ns)s AND s.signal_name = old.signal_name
+      AND s.idempotency_key = old.idempotency_key
+    RETURNING 1
+)
+SELECT count(*) AS n FROM gone
+"""
+_COUNT_SENDS = """
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM signal_sends WHERE namespace_id = %(ns)s AND created_at < %(cutoff)s
+    LIMIT %(limit)s
+) old
+"""
+
+
 class PostgresRetention:
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
@@ -160,6 +183,12 @@ class PostgresRetention:
             result.steps = await tx.count(_DELETE_STEPS, ids=ids)
             result.runs = await tx.count(_DELETE_RUNS, ids=ids)
             return result
+
+    async def forget_sends(self, cutoff: datetime, limit: int, *, dry_run: bool) -> int:
+        query = _COUNT_SENDS if dry_run else _FORGET_SENDS
+        params = {"cutoff": cutoff, "limit": limit}
+        rows = await self._store.fetch(query, params, "forgetting old signal sends")
+        return int(rows[0]["n"]) if rows else 0
 
     async def restore(self, runs: list[ArchivedRun]) -> list[str]:
         ns = self._store.namespace

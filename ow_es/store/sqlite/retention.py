@@ -77,6 +77,15 @@ def _node(row: Any) -> Node:
     )
 
 
+# Oldest first through signal_sends_created (migration 0005), a batch at a time.
+_OLD_SENDS = """
+SELECT rowid FROM signal_sends WHERE namespace_id = ?1 AND created_at < ?2
+ORDER BY created_at LIMIT ?3
+"""
+_FORGET_SENDS = f"DELETE FROM signal_sends WHERE rowid IN ({_OLD_SENDS}) RETURNING 1"
+_COUNT_SENDS = f"SELECT count(*) FROM ({_OLD_SENDS})"
+
+
 class SqliteRetention:
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
@@ -127,6 +136,13 @@ class SqliteRetention:
             result.steps = (await conn.execute(_DELETE_STEPS, key)).rowcount
             result.runs = (await conn.execute(_DELETE_RUNS, key)).rowcount
             return result
+
+    async def forget_sends(self, cutoff: datetime, limit: int, *, dry_run: bool) -> int:
+        params = (self._store.namespace, ts(cutoff), limit)
+        if dry_run:
+            return await _count(self._store.reader(), _COUNT_SENDS, params)
+        async with self._store.write_tx("forgetting old signal sends") as conn:
+            return len(list(await conn.execute_fetchall(_FORGET_SENDS, params)))
 
     async def restore(self, runs: list[ArchivedRun]) -> list[str]:
         ns = self._store.namespace
