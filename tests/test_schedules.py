@@ -17,6 +17,7 @@ from ow_es.metrics import WorkerMetrics
 from ow_es.schedule import due_ticks, next_tick, tick_key
 from tests.support.cli import ainvoke, assert_one_line_error, db_args, ok
 from tests.support.databases import ClientFactory
+from tests.support.processes import Processes
 from tests.support.workers import running_worker
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -220,3 +221,27 @@ async def test_the_cli_lists_pauses_resumes_and_triggers(ow: ow_es.OpenWorkflow,
     (info,) = await ow.schedules()
     assert not info.paused and info.last_run_id == run_id
     assert_one_line_error(await ainvoke("schedules", "pause", "nope", *args), "nope")
+
+
+@pytest.mark.slow
+async def test_three_worker_processes_make_one_run_per_tick(
+    make_client: ClientFactory, db: dict[str, Any], processes: Processes
+) -> None:
+    """Three real ``ow-es worker`` processes serve a one-second schedule: every tick between
+    the first and the last makes exactly one run, none missing, none doubled."""
+    workers = [
+        processes.worker("tests.support.apps.scheduled", "--poll-interval", "200ms", *db_args(db))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        await worker.serving()
+    await asyncio.sleep(4.5)
+    ow = await make_client()
+    await ow.connect()
+    await ow.pause_schedule("every-second-proc")
+    processes.stop_all()
+    runs = (await ow.list_runs(workflow_name="every-second-proc", limit=1000)).runs
+    keys = sorted(r.idempotency_key or "" for r in runs)
+    assert len(keys) == len(set(keys)) >= 4, keys
+    ticks = [datetime.fromisoformat(k.removeprefix("schedule:every-second-proc:")) for k in keys]
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks)), ticks
