@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ow_es.worker")
 
 _ABORT_SECONDS = 0.9  # a cancelled worker hands its runs back within about a second
+_LEAVE_SECONDS = 10.0  # a stopping worker's last write: leaving the registry
 _FAST_POLL = 0.02  # without pushed wake-ups: seconds between claims right after work was found
 
 
@@ -118,10 +119,12 @@ class Worker:
         await self._register(workflows)
         heartbeats = asyncio.create_task(self._heartbeat_loop(), name="ow-es-heartbeat")
         schedules = asyncio.create_task(self._schedule_loop(), name="ow-es-schedules")
+        leaving = _LEAVE_SECONDS
         try:
             await self._claim_loop(settings, workflows)
             await self._drain()
         except asyncio.CancelledError:  # also while draining: a second signal, say
+            leaving = _ABORT_SECONDS / 3
             await self._abort()
             raise
         finally:
@@ -130,8 +133,8 @@ class Worker:
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self.metrics is not None:
                 self.metrics.stop()
-            with contextlib.suppress(OwEsError, asyncio.CancelledError):
-                async with asyncio.timeout(_ABORT_SECONDS / 3):
+            with contextlib.suppress(OwEsError, asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(leaving):  # else its row expires with its ttl
                     await store.registry.forget(self.worker_id)
 
     async def stop(self, timeout: float | None = None) -> None:
