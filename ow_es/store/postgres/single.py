@@ -3,8 +3,8 @@
 Two appends are by far the most frequent, and neither needs to read anything first:
 
 * a new run (``start()``): the row and its first event are folded from the request alone;
-* the claim owner's step start, end or failure, or the run's end: the worker knows the run's
-  row, the one its own last append returned.
+* the claim owner's step start, end or failure, or the run's completion: the worker knows the
+  run's row, the one its own last append returned.
 
 Each is then one statement: insert the run row (if its id and idempotency key are free), or
 update it on the condition that it is still at that ``seq`` under that claim; insert the events
