@@ -20,6 +20,7 @@ from ow_es.errors import (
     WorkflowFailed,
 )
 from ow_es.handle import RunHandle
+from ow_es.limits import Limits, StoredLimits
 from ow_es.models import Event, RunPage, RunState, StepAttempt, WorkerInfo, WorkflowRun
 from ow_es.retry import RetryPolicy
 from ow_es.runtime.context import Context, RunInfo
@@ -35,6 +36,7 @@ __all__ = [
     "Context",
     "Event",
     "InvalidTransition",
+    "Limits",
     "NonRetryableError",
     "OpenWorkflow",
     "OwEsError",
@@ -53,6 +55,7 @@ __all__ = [
     "StepFailed",
     "StepLimitExceeded",
     "StepTimeout",
+    "StoredLimits",
     "StoreUnavailable",
     "Tick",
     "ValidationError",

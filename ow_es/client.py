@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -13,13 +12,11 @@ from ow_es import config, scheduling
 from ow_es.durations import Duration, to_datetime, utcnow
 from ow_es.errors import ConfigError, RunNotFound, ValidationError
 from ow_es.handle import RunHandle
-from ow_es.models import RUN_STATUSES, Event, RunPage, RunState, WorkerInfo
-from ow_es.payload import check_name, to_json_value
+from ow_es.limits import Limits
+from ow_es.models import RUN_STATUSES, Event, RunPage, RunState
+from ow_es.operations import Operations
+from ow_es.payload import check_name, check_priority, to_json_value
 from ow_es.projections import fold_run
-from ow_es.reproject import Report, rebuild
-from ow_es.retention import ImportReport, RetentionReport
-from ow_es.retention import import_archive as _import_archive
-from ow_es.retention import retention as _retention
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.runtime.worker import Worker, WorkerOptions
 from ow_es.schedule import CatchUp, Overlap, Schedule, ScheduleInfo
@@ -34,7 +31,7 @@ TimeLike = datetime | Duration
 T = TypeVar("T")
 
 
-class OpenWorkflow:
+class OpenWorkflow(Operations):
     """An ow-es client. Safe to create at import time; ``connect()`` (or ``async with``) opens
     it. URL, namespace and schema default to the environment (see ``ow_es.config``)."""
 
@@ -108,9 +105,11 @@ class OpenWorkflow:
         retry: RetryPolicy | None = None,
         max_step_attempts: int = 1000,
         schedule: Schedule | None = None,
+        limits: Limits | None = None,
     ) -> Callable[[WorkflowFn], Workflow[Any]]:
         """Define a workflow and register it on this client (``schedule``: its cron
-        schedule, named after the workflow)."""
+        schedule, named after the workflow; ``limits``: its flow control, stored by its
+        workers unless an operator stored others)."""
 
         def define(fn: WorkflowFn) -> Workflow[Any]:
             spec: Workflow[Any] = Workflow(
@@ -120,6 +119,7 @@ class OpenWorkflow:
                 retry=retry or WORKFLOW_DEFAULT,
                 max_step_attempts=max_step_attempts,
                 schedule=schedule,
+                limits=limits,
             )
             return self.register(spec)
 
@@ -199,9 +199,12 @@ class OpenWorkflow:
         idempotency_key: str | None = None,
         available_at: TimeLike | None = None,
         deadline_at: TimeLike | None = None,
+        key: str | None = None,
+        priority: int = 0,
     ) -> RunHandle:
         """Start a run of ``workflow`` (a definition or a name). With ``idempotency_key``, the
-        existing run of that workflow and key is returned instead, whatever its status."""
+        existing run of that workflow and key is returned instead, whatever its status.
+        ``key``: what per-key limits count by; ``priority``: higher is claimed first."""
         spec = workflow if isinstance(workflow, Workflow) else None
         name = check_name(spec.name if spec is not None else workflow, "workflow name")
         if spec is None:
@@ -212,6 +215,9 @@ class OpenWorkflow:
             check_name(version, "workflow version")
         if idempotency_key is not None:
             check_name(idempotency_key, "idempotency_key")
+        if key is not None:
+            check_name(key, "key")
+        check_priority(priority)
         schema = spec.input_type if spec is not None and spec.takes_input else Any
         value = to_json_value(input, "input", self.max_payload_bytes, schema)
         now = utcnow()
@@ -227,6 +233,8 @@ class OpenWorkflow:
             idempotency_key=idempotency_key,
             available_at=start_at,
             deadline_at=deadline,
+            key=key,
+            priority=priority,
         )
         # Sent again after a lost reply, the same request (same run id) finds its own run.
         (outcome,) = await self._retrying("starting a run", lambda: self.store.append([request]))
@@ -258,11 +266,6 @@ class OpenWorkflow:
             raise RunNotFound(f"run {run_id} not found")
         spec = next((w for w in self._workflows.values() if w.name == run.workflow_name), None)
         return RunHandle(self, run.id, run.workflow_name, spec)
-
-    async def workers(self) -> list[WorkerInfo]:
-        """The live workers of this namespace: what each serves, its busy slots, its last
-        heartbeat."""
-        return await self.store.registry.live()
 
     async def list_runs(
         self,
@@ -310,45 +313,6 @@ class OpenWorkflow:
         """A failed run goes on from its failed step; completed steps are not re-run."""
         await self.store.resume(run_id)
         return await self.get_handle(run_id)
-
-    async def reproject(
-        self,
-        *,
-        verify: bool = False,
-        dry_run: bool = False,
-        progress: Callable[[int], None] | None = None,
-    ) -> Report:
-        """Rebuild ``workflow_runs`` and ``step_attempts`` from the log, online (all namespaces
-        of this database/schema). ``verify`` diffs instead of swapping; ``dry_run`` only counts."""
-        rebuilder = self.store.rebuilder()
-        if dry_run:
-            return Report(counts=await rebuilder.counts())
-        return await rebuild(rebuilder, verify=verify, progress=progress or (lambda n: None))
-
-    async def retention(
-        self,
-        older_than: Duration = "30d",
-        archive: str | os.PathLike[str] | None = None,
-        dry_run: bool = False,
-        batch: int = 1000,
-    ) -> RetentionReport:
-        """Delete the terminal runs of this namespace that finished more than ``older_than``
-        ago, with their step attempts and events, a whole run tree at a time (a run goes only
-        with its descendants, and only when all are terminal and old enough), ``batch`` trees
-        per transaction. With ``archive`` (a ``.jsonl.gz`` path, appended to), each run is
-        written there first, and a batch is deleted only once the file is fsynced. Deleted
-        runs free their idempotency keys. ``dry_run`` counts and deletes nothing. Safe to run
-        from several processes at once."""
-        return await _retention(
-            self.store, older_than=older_than, archive=archive, dry_run=dry_run, batch=batch
-        )
-
-    async def import_archive(self, path: str | os.PathLike[str]) -> ImportReport:
-        """Load the runs of a retention archive back into this namespace: their rows, step
-        attempts and events as they were (events keep their seq, type, data and time; their
-        log positions are new). A run that exists (its id or idempotency key taken) is
-        skipped and reported."""
-        return await _import_archive(self.store, path)
 
     async def send_signal(
         self, signal: str, data: Any = None, *, idempotency_key: str | None = None

@@ -28,6 +28,8 @@ class RunCreated(EventData, kw_only=True):
     parent_run_id: str | None = None
     parent_step_name: str | None = None
     available_at: datetime
+    key: str | None = None
+    priority: int = 0
     deadline_at: datetime | None = None
 
 

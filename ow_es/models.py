@@ -31,6 +31,8 @@ class WorkflowRun(msgspec.Struct, kw_only=True, gc=False):
     error: dict[str, Any] | None = None
     attempts: int = 0
     idempotency_key: str | None = None
+    key: str | None = None  # flow control: per-key limits
+    priority: int = 0  # higher is claimed first
     parent_run_id: str | None = None
     parent_step_name: str | None = None
     worker_id: str | None = None

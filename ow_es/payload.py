@@ -40,6 +40,15 @@ def check_name(value: Any, what: str) -> str:
     return value
 
 
+def check_priority(value: Any) -> int:
+    """A run's priority: an integer the database's ``integer`` column holds."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"priority must be an integer, got {value!r}")
+    if not -(2**31) <= value < 2**31:
+        raise ValidationError(f"priority {value} is out of range (a 32-bit integer)")
+    return value
+
+
 def to_json_value(value: Any, what: str, limit: int, schema: Any = Any) -> Any:
     """Encode ``value`` as JSON, enforce the payload limit and the schema, and return the
     plain JSON value (what is stored, and what replay will see)."""

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ow_es.limits import Limits
 from ow_es.payload import check_name
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
 from ow_es.schedule import Schedule, Tick
@@ -46,6 +47,7 @@ class Workflow(Generic[R]):
     retry: RetryPolicy = WORKFLOW_DEFAULT
     max_step_attempts: int = 1000
     schedule: Schedule | None = None
+    limits: Limits | None = None
     takes_input: bool = field(init=False)
     input_type: Any = field(init=False)
     output_type: Any = field(init=False)
@@ -89,6 +91,7 @@ def workflow(
     retry: RetryPolicy | None = None,
     max_step_attempts: int = 1000,
     schedule: Schedule | None = None,
+    limits: Limits | None = None,
 ) -> Callable[[WorkflowFn], Workflow[Any]]:
     """Define a workflow without a client; register it on a worker's client with
     ``ow.register(wf)`` and start it from any client with ``ow.start(wf, input)``."""
@@ -101,6 +104,7 @@ def workflow(
             retry=retry or WORKFLOW_DEFAULT,
             max_step_attempts=max_step_attempts,
             schedule=schedule,
+            limits=limits,
         )
 
     return define

@@ -60,6 +60,8 @@ def _created(rec: Recorded, data: ev.RunCreated) -> WorkflowRun:
         status="pending",
         input=data.input,
         idempotency_key=data.idempotency_key,
+        key=data.key,
+        priority=data.priority,
         parent_run_id=data.parent_run_id,
         parent_step_name=data.parent_step_name,
         available_at=_earliest(data.available_at, data.deadline_at),

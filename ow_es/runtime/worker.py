@@ -160,11 +160,13 @@ class Worker:
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
             claimed: list[WorkflowRun] = []
+            retry_at: datetime | None = None  # a full rate window frees a place then
             # The lease runs from before the claim was sent, never later than the database's.
             lease_deadline = asyncio.get_running_loop().time() + self.lease
             try:
                 if free > 0:
-                    claimed = await store.claim(self.worker_id, workflows, free, self.lease)
+                    claim = await store.claim_ready(self.worker_id, workflows, free, self.lease)
+                    claimed, retry_at = claim.runs, claim.retry_at
                 else:  # no slot to claim into, but deadlines still end runs on time
                     await store.fail_overdue(self.worker_id, workflows)
             except OwEsError as exc:
@@ -183,6 +185,8 @@ class Worker:
                 timeout = idle_wait
             if free > len(claimed):
                 timeout = min(timeout, await self._until_next_timer(workflows))
+                if retry_at is not None:
+                    timeout = min(timeout, max(_FAST_POLL, (retry_at - utcnow()).total_seconds()))
             await self._wait_for_work(ready, timeout, full=free == len(claimed))
 
     async def _until_next_timer(self, workflows: list[tuple[str, str | None]]) -> float:
@@ -244,6 +248,12 @@ class Worker:
             await self.client.store.registry.register(me, self._registry_ttl)
         except OwEsError as exc:
             log.warning("could not record the worker in the registry: %s", exc)
+        declared = {w.name: w.limits for w in self.client.workflows if w.limits is not None}
+        if declared:
+            try:
+                await self.client.store.limits.declare(declared)
+            except OwEsError as exc:
+                log.warning("could not store the workflows' limits: %s", exc)
 
     @property
     def _registry_ttl(self) -> float:

@@ -1,4 +1,5 @@
-"""Named SQL queries from ``<dialect>/queries.sql`` (``-- name: NAME`` blocks)."""
+"""Named SQL queries from ``<dialect>/queries.sql`` (``-- name: NAME`` blocks). A line
+``-- include: NAME`` stands for the body of another block (a condition several queries share)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from functools import cache
 from importlib import resources
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.M)
+_INCLUDE = re.compile(r"^\s*-- include: (\w+)\s*$", re.M)
 
 
 @cache
@@ -16,4 +18,4 @@ def load(dialect: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         queries[name] = body.strip().rstrip(";")
-    return queries
+    return {name: _INCLUDE.sub(lambda m: queries[m.group(1)], q) for name, q in queries.items()}

@@ -52,6 +52,8 @@ def start_request(
     idempotency_key: str | None,
     available_at: datetime,
     deadline_at: datetime | None = None,
+    key: str | None = None,
+    priority: int = 0,
 ) -> AppendRequest:
     """The request that starts a run (a client's ``start``, a schedule's tick): a new run id
     and one ``RunCreated`` event."""
@@ -65,6 +67,8 @@ def start_request(
                 idempotency_key=idempotency_key,
                 available_at=available_at,
                 deadline_at=deadline_at,
+                key=key,
+                priority=priority,
             )
         ],
     )

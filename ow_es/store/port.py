@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import msgspec
 
 from ow_es.events import EventData
-from ow_es.models import Event, RunPage, StepAttempt, WorkerInfo, WorkflowRun
+from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 
 if TYPE_CHECKING:
+    from ow_es.limits import Limits
+    from ow_es.store.flow import Usage
+    from ow_es.store.limits_port import FlowControl
     from ow_es.store.plan import Plan
     from ow_es.store.rebuild_port import Rebuilder
+    from ow_es.store.registry_port import WorkerRegistry
     from ow_es.store.retention_port import Retention
     from ow_es.store.schedules_port import Schedules
     from ow_es.store.tables import TxTime
@@ -132,9 +136,17 @@ class Primitives(Protocol):
         """Insert the plan's events, update its run rows, upsert its step rows."""
         ...
 
-    async def select_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
-        """Lock up to ``limit`` claimable runs of ``workflows`` (skipping rows locked by
-        others): due runs first, then runs whose lease expired."""
+    async def select_ready(
+        self, workflows: Sequence[WorkflowKey], limit: int, taken: Sequence[str] = ()
+    ) -> Ready:
+        """Lock the stored limits of ``workflows`` and up to ``limit`` claimable runs of them
+        that those limits do not hold back (skipping rows locked by others and ``taken``):
+        ready runs by priority, then age, then runs whose lease expired."""
+        ...
+
+    async def flow_usage(self, names: Sequence[str], keys: Sequence[tuple[str, str]]) -> Usage:
+        """Places held and first claims in the rate window of these limited workflows and
+        (workflow, key) pairs."""
         ...
 
     async def select_overdue(
@@ -168,6 +180,22 @@ class Primitives(Protocol):
     def notify(self, *, ready: bool, done: list[str]) -> None:
         """After commit, wake workers (``ready``) and the waiters of runs that ended."""
         ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a claim may take: candidate rows, and the stored limits of the workflows served."""
+
+    rows: list[WorkflowRun]
+    limits: dict[str, Limits]
+
+
+@dataclass
+class Claimed:
+    """A claim's runs; ``retry_at``: when a full rate window lets the next run start."""
+
+    runs: list[WorkflowRun]
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -315,33 +343,13 @@ class Adapter(Reads, Protocol):
         ...
 
     @property
+    def limits(self) -> FlowControl:
+        """The ``run_limits`` table and what the limits hold back."""
+        ...
+
+    @property
     def schedules(self) -> Schedules:
         """The ``schedules`` table: cron schedules, their next tick and paused state."""
-        ...
-
-
-class WorkerRegistry(Protocol):
-    """Who serves what: each worker's own row, kept fresh by its heartbeat (coordination
-    state like leases, not projected from the log), and what that says about the runs."""
-
-    async def register(self, worker: WorkerInfo, ttl_seconds: float) -> None:
-        """Record (or refresh) a worker; it counts as live for ``ttl_seconds`` after each
-        heartbeat. Rows of workers dead for a day are cleared."""
-        ...
-
-    async def beat(self, worker_id: str, busy: int) -> None: ...
-
-    async def forget(self, worker_id: str) -> None: ...
-
-    async def live(self) -> list[WorkerInfo]: ...
-
-    async def unserved_runs(self) -> dict[WorkflowKey, int]:
-        """Ready runs, by workflow name and version, that no live worker serves."""
-        ...
-
-    async def stuck_runs(self, seconds: float, limit: int = 1000) -> list[WorkflowRun]:
-        """Runs held by a worker with no event for longer than ``seconds`` (a hung body
-        looks exactly like a long step)."""
         ...
 
 

@@ -1,5 +1,5 @@
-"""The rules of writing: which appends, claims, cancellations, resumptions and signal
-deliveries are accepted, and what they write. Every such rule lives in this module.
+"""The rules of writing: which appends, cancellations, resumptions and signal deliveries are
+accepted, and what they write (claims: ``claim_rules``; schedule ticks: ``schedule_rules``).
 
 The rules drive an adapter through the port's primitives (lock and read rows, insert, write a
 plan, notify); they fold each request once (``plan.fold``) and the adapter writes the plan as it
@@ -10,10 +10,9 @@ statement that applies only if the row is still as planned; otherwise it takes a
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ow_es import events as ev
@@ -37,7 +36,6 @@ from ow_es.store.port import (
     Outcome,
     Primitives,
     Single,
-    WorkflowKey,
 )
 from ow_es.store.tables import TxTime
 
@@ -70,23 +68,6 @@ def rejection(row: WorkflowRun | None, request: AppendRequest) -> Exception | No
     if row.is_terminal:
         return InvalidTransition(f"run {row.id} is already {row.status}")
     return None
-
-
-def claim_event(
-    row: WorkflowRun, worker_id: str, now: datetime, lease_seconds: float
-) -> ev.EventData:
-    """A due run is claimed; one past its deadline is failed instead."""
-    if row.deadline_at is not None and row.deadline_at <= now:
-        return ev.RunFailed(
-            error={"type": "DeadlineExceeded", "message": "deadline exceeded"},
-            reason="deadline exceeded",
-            worker_id=worker_id,
-        )
-    return ev.RunClaimed(
-        worker_id=worker_id,
-        claim_token=uuid.uuid4().hex,
-        lease_until=now + timedelta(seconds=lease_seconds),
-    )
 
 
 def single(namespace: str, request: AppendRequest) -> Single | None:
@@ -286,38 +267,6 @@ async def _existing(tx: Primitives, request: AppendRequest) -> Outcome:
     if existing is None or existing.workflow_name != data.workflow_name:
         return ConcurrencyError(f"run id {request.run_id} is already taken")
     return Appended(run=existing, created=False)
-
-
-async def claim(
-    tx: Primitives, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease: float
-) -> list[WorkflowRun]:
-    """Claim up to ``limit`` ready runs; ready runs past their deadline are failed instead."""
-    rows = await tx.select_ready(workflows, limit)
-    if not rows:
-        return []
-    now = tx.time.marker
-    requests = [
-        AppendRequest(run_id=row.id, events=[claim_event(row, worker_id, now, lease)])
-        for row in rows
-    ]
-    outcomes = await apply(tx, requests, locked={row.id: row for row in rows})
-    return [o.run for o in outcomes if isinstance(o, Appended) and o.run.claim_token is not None]
-
-
-async def fail_overdue(
-    tx: Primitives, worker_id: str, workflows: Sequence[WorkflowKey], limit: int
-) -> int:
-    """Fail unclaimed runs past their deadline (a worker whose slots are all busy still
-    ends them on time); returns how many."""
-    rows = await tx.select_overdue(workflows, limit)
-    now = tx.time.marker
-    requests = [
-        AppendRequest(run_id=row.id, events=[claim_event(row, worker_id, now, 0)])
-        for row in rows
-        if row.deadline_at is not None and row.deadline_at <= now
-    ]
-    outcomes = await apply(tx, requests, locked={row.id: row for row in rows})
-    return sum(isinstance(o, Appended) for o in outcomes)
 
 
 async def cancel(tx: Primitives, run_id: str, *, cascade: bool) -> None:

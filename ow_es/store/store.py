@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
-from ow_es.store import rules, schedule_rules
+from ow_es.store import claim_rules, rules, schedule_rules
 from ow_es.store.port import (
     Adapter,
     AppendRequest,
     Backlog,
+    Claimed,
     LogBatch,
     MinuteCount,
     Outcome,
@@ -34,6 +35,7 @@ class Store:
         self.registry = adapter.registry  # who serves what (coordination, not the log)
         self.retention = adapter.retention  # deleting old run trees, importing archives
         self.schedules = adapter.schedules  # cron schedules (coordination, not the log)
+        self.limits = adapter.limits  # the limits in force (coordination, not the log)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -64,10 +66,17 @@ class Store:
     async def claim(
         self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
     ) -> list[WorkflowRun]:
+        return (await self.claim_ready(worker_id, workflows, limit, lease_seconds)).runs
+
+    async def claim_ready(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+    ) -> Claimed:
+        """Claim up to ``limit`` ready runs (see ``claim_rules.claim``)."""
         if limit <= 0 or not workflows:
-            return []
+            return Claimed(runs=[])
         return await self.adapter.transaction(
-            "claiming runs", lambda tx: rules.claim(tx, worker_id, workflows, limit, lease_seconds)
+            "claiming runs",
+            lambda tx: claim_rules.claim(tx, worker_id, workflows, limit, lease_seconds),
         )
 
     async def fail_overdue(
@@ -75,7 +84,7 @@ class Store:
     ) -> int:
         return await self.adapter.transaction(
             "failing runs past their deadline",
-            lambda tx: rules.fail_overdue(tx, worker_id, workflows, limit),
+            lambda tx: claim_rules.fail_overdue(tx, worker_id, workflows, limit),
         )
 
     async def cancel(self, run_id: str, *, cascade: bool) -> None:

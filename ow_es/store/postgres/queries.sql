@@ -11,53 +11,108 @@ WHERE namespace_id = %(ns)s AND id = ANY(%(ids)s)
 ORDER BY id
 FOR UPDATE
 
--- name: insert_run
--- created_at and updated_at are the transaction's time, as for every event it appends.
-INSERT INTO workflow_runs (
-    namespace_id, id, workflow_name, version, status, input, output, error, attempts,
-    idempotency_key, parent_run_id, parent_step_name, worker_id, claim_token, lease_until,
-    available_at, deadline_at, waiting_for, seq, created_at, started_at, finished_at, updated_at
-) VALUES (
-    %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s,
-    %s, %s, %s, %s, %s, %s,
-    %s, %s, %s::jsonb, %s, now(), %s, %s, now()
-)
-ON CONFLICT DO NOTHING
-RETURNING id
-
--- name: insert_event
-INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
-VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
-
--- name: upsert_step
-INSERT INTO step_attempts (
-    namespace_id, run_id, step_name, attempt, kind, status, input, output, error,
-    child_run_id, signal_name, started_at, finished_at
-) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s)
-ON CONFLICT (namespace_id, run_id, step_name, attempt) DO UPDATE SET
-    kind = excluded.kind, status = excluded.status, input = excluded.input,
-    output = excluded.output, error = excluded.error, child_run_id = excluded.child_run_id,
-    signal_name = excluded.signal_name, started_at = excluded.started_at,
-    finished_at = excluded.finished_at
-
 -- name: find_by_key
 SELECT * FROM workflow_runs
 WHERE namespace_id = %(ns)s AND workflow_name = %(name)s AND idempotency_key = %(key)s
 
--- name: claim_due
--- Due runs (new ones and timers), oldest first, through the workflow_runs_ready index: the
--- filters are written so the planner keeps the index order and stops after LIMIT rows
+-- name: within_limits
+-- A ready run r that the limits in force let a claim take now (flow.held_back, in SQL): no
+-- stored limits, or every limit with room. Held places and first claims are counted from the
+-- runs themselves (workflow_runs_held, workflow_runs_started, workflow_runs_key_started).
+NOT EXISTS (
+    SELECT 1 FROM run_limits l
+    WHERE l.namespace_id = r.namespace_id AND l.workflow_name = r.workflow_name
+      AND (
+        l.concurrency <= (
+            SELECT count(*) FROM workflow_runs h
+            WHERE h.namespace_id = r.namespace_id AND h.workflow_name = r.workflow_name
+              AND h.claim_token IS NOT NULL)
+        OR (r.key IS NOT NULL AND l.per_key <= (
+            SELECT count(*) FROM workflow_runs h
+            WHERE h.namespace_id = r.namespace_id AND h.workflow_name = r.workflow_name
+              AND h.key = r.key AND h.claim_token IS NOT NULL))
+        OR (r.started_at IS NULL AND l.rate_count <= (
+            SELECT count(*) FROM workflow_runs s
+            WHERE s.namespace_id = r.namespace_id AND s.workflow_name = r.workflow_name
+              AND s.started_at > now() - make_interval(secs => l.rate_seconds)))
+        OR (r.started_at IS NULL AND r.key IS NOT NULL AND l.per_key_rate_count <= (
+            SELECT count(*) FROM workflow_runs s
+            WHERE s.namespace_id = r.namespace_id AND s.workflow_name = r.workflow_name
+              AND s.key = r.key
+              AND s.started_at > now() - make_interval(secs => l.per_key_rate_seconds)))
+      ))
+
+-- name: claim_queued
+-- Runs ready without a timer, by priority then age, through the workflow_runs_queue index:
+-- the filters are written so the planner keeps the index order and stops after LIMIT rows
 -- (an exact (name, version) pair test makes it under-estimate and sort the whole backlog).
 -- The exact pairs are checked by the caller.
 SELECT r.* FROM workflow_runs r
 WHERE r.namespace_id = %(ns)s
-  AND r.status IN ('pending', 'running')
+  AND r.status IN ('pending', 'running') AND r.waiting_for IS NULL
+  AND r.available_at IS NOT NULL AND r.available_at <= now()
+  AND r.workflow_name = ANY(%(names)s::text[])
+  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+  AND r.id <> ALL(%(taken)s::text[])
+  AND
+  -- include: within_limits
+ORDER BY r.priority DESC, r.available_at
+LIMIT %(limit)s
+FOR UPDATE OF r SKIP LOCKED
+
+-- name: claim_timers
+-- Runs whose timer is due (sleeps, waits, retries), through workflow_runs_ready (its range
+-- stops at now(): parked runs are never walked), the due ones by priority then age.
+SELECT r.* FROM workflow_runs r
+WHERE r.namespace_id = %(ns)s
+  AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
   AND r.available_at <= now()
   AND r.workflow_name = ANY(%(names)s::text[])
   AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
-ORDER BY r.available_at
+  AND r.id <> ALL(%(taken)s::text[])
+  AND
+  -- include: within_limits
+ORDER BY r.priority DESC, r.available_at
 LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
+FOR UPDATE OF r SKIP LOCKED
+
+-- name: lock_limits
+-- The stored limits of the served workflows, locked for the claim: claims of a limited
+-- workflow take turns, so two workers never both see its last free place.
+SELECT * FROM run_limits
+WHERE namespace_id = %(ns)s AND workflow_name = ANY(%(names)s::text[])
+ORDER BY workflow_name
+FOR UPDATE
+
+-- name: flow_usage
+-- Places held and first claims in the rate window, per limited workflow and per key.
+SELECT l.workflow_name, NULL::text AS key,
+       (SELECT count(*) FROM workflow_runs h
+        WHERE h.namespace_id = l.namespace_id AND h.workflow_name = l.workflow_name
+          AND h.claim_token IS NOT NULL) AS held,
+       s.started, s.oldest_start
+FROM run_limits l
+LEFT JOIN LATERAL (
+    SELECT count(*) AS started, min(started_at) AS oldest_start FROM workflow_runs s
+    WHERE s.namespace_id = l.namespace_id AND s.workflow_name = l.workflow_name
+      AND s.started_at > now() - make_interval(secs => l.rate_seconds)
+) s ON true
+WHERE l.namespace_id = %(ns)s AND l.workflow_name = ANY(%(names)s::text[])
+UNION ALL
+SELECT l.workflow_name, k.key,
+       (SELECT count(*) FROM workflow_runs h
+        WHERE h.namespace_id = l.namespace_id AND h.workflow_name = l.workflow_name
+          AND h.key = k.key AND h.claim_token IS NOT NULL),
+       s.started, s.oldest_start
+FROM run_limits l
+JOIN unnest(%(key_names)s::text[], %(keys)s::text[]) AS k(name, key) ON k.name = l.workflow_name
+LEFT JOIN LATERAL (
+    SELECT count(*) AS started, min(started_at) AS oldest_start FROM workflow_runs s
+    WHERE s.namespace_id = l.namespace_id AND s.workflow_name = l.workflow_name
+      AND s.key = k.key
+      AND s.started_at > now() - make_interval(secs => l.per_key_rate_seconds)
+) s ON true
+WHERE l.namespace_id = %(ns)s
 
 -- name: claim_expired
 -- Runs whose worker's lease ran out (after the due ones: new work is preferred).
@@ -329,3 +384,49 @@ WHERE namespace_id = %(ns)s AND lease_until IS NOT NULL AND status = 'running'
   AND updated_at < now() - make_interval(secs => %(seconds)s)
 ORDER BY updated_at
 LIMIT %(limit)s
+
+-- Flow control: the limits in force (run_limits).
+
+-- name: list_limits
+SELECT * FROM run_limits WHERE namespace_id = %(ns)s ORDER BY workflow_name
+
+-- name: get_limits
+SELECT * FROM run_limits WHERE namespace_id = %(ns)s AND workflow_name = %(name)s
+
+-- name: put_limits
+-- Also a worker's declaration (``only_code``): it replaces limits that code stored, never an
+-- operator's.
+INSERT INTO run_limits (
+    namespace_id, workflow_name, concurrency, per_key, rate, rate_count, rate_seconds,
+    per_key_rate, per_key_rate_count, per_key_rate_seconds, source, updated_at
+) VALUES (
+    %(ns)s, %(name)s, %(concurrency)s, %(per_key)s, %(rate)s, %(rate_count)s, %(rate_seconds)s,
+    %(per_key_rate)s, %(per_key_rate_count)s, %(per_key_rate_seconds)s, %(source)s, now()
+)
+ON CONFLICT (namespace_id, workflow_name) DO UPDATE SET
+    concurrency = excluded.concurrency, per_key = excluded.per_key, rate = excluded.rate,
+    rate_count = excluded.rate_count, rate_seconds = excluded.rate_seconds,
+    per_key_rate = excluded.per_key_rate, per_key_rate_count = excluded.per_key_rate_count,
+    per_key_rate_seconds = excluded.per_key_rate_seconds, source = excluded.source,
+    updated_at = now()
+WHERE NOT %(only_code)s
+   OR (run_limits.source = 'code'
+       AND (run_limits.concurrency, run_limits.per_key, run_limits.rate, run_limits.per_key_rate)
+           IS DISTINCT FROM (excluded.concurrency, excluded.per_key, excluded.rate,
+                             excluded.per_key_rate))
+RETURNING workflow_name
+
+-- name: clear_limits
+-- ``only_code``: a worker whose code declares no limits removes those code stored.
+DELETE FROM run_limits
+WHERE namespace_id = %(ns)s AND workflow_name = %(name)s AND (NOT %(only_code)s OR source = 'code')
+RETURNING workflow_name
+
+-- name: ready_groups
+-- Ready, unclaimed runs of the limited workflows (workflow_runs_ready), grouped.
+SELECT r.workflow_name, r.key, r.started_at IS NULL AS fresh, count(*) AS count
+FROM workflow_runs r
+WHERE r.namespace_id = %(ns)s AND r.status IN ('pending', 'running')
+  AND r.available_at <= now() AND r.claim_token IS NULL
+  AND r.workflow_name IN (SELECT workflow_name FROM run_limits WHERE namespace_id = %(ns)s)
+GROUP BY 1, 2, 3

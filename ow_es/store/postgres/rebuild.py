@@ -66,13 +66,14 @@ class PgRebuildTx:
     async def write(self, runs: list[WorkflowRun], steps: list[StepAttempt], cursor: str) -> None:
         """COPY the batch's rows into session staging tables, then upsert each table in one
         statement (a statement per row is what made this slow)."""
-        await self._stage("workflow_runs", [tables.values(RUNS, r) for r in runs])
-        await self._stage("step_attempts", [tables.values(STEPS, s) for s in steps])
+        await self._stage(RUNS, [tables.values(RUNS, r) for r in runs])
+        await self._stage(STEPS, [tables.values(STEPS, s) for s in steps])
         await self.conn.execute("UPDATE reproject_state SET cursor = %s", [cursor])
 
-    async def _stage(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+    async def _stage(self, spec: Table, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
+        table = spec.name
         stage = sql.Identifier(f"ow_es_stage_{table}")
         await self.conn.execute(
             sql.SQL(
@@ -80,7 +81,11 @@ class PgRebuildTx:
                 " ON COMMIT DELETE ROWS"
             ).format(stage, sql.Identifier(f"{table}_rebuild"))
         )
-        async with self.conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(stage)) as copy:
+        # Named columns: a column added by a migration sits at the table's end, not in the
+        # struct's order.
+        columns = sql.SQL(", ").join(map(sql.Identifier, spec.names))
+        copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, columns)
+        async with self.conn.cursor().copy(copy_in) as copy:
             for row in rows:
                 await copy.write_row(row)
         await self.conn.execute(_UPSERT_FROM_STAGE[table])

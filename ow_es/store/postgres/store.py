@@ -35,6 +35,7 @@ from ow_es.store.port import (
 )
 from ow_es.store.postgres import schema
 from ow_es.store.postgres.errors import RETRYABLE, translate
+from ow_es.store.postgres.limits import PostgresLimits
 from ow_es.store.postgres.registry import PostgresRegistry
 from ow_es.store.postgres.retention import PostgresRetention
 from ow_es.store.postgres.schedules import PostgresSchedules
@@ -87,10 +88,11 @@ class PostgresStore:
         self._checking: asyncio.Future[None] | None = None
         self.retry_seconds = retry_seconds  # how long transient failures are retried
         self.single = OneStatementAppends(self.connection, self.gate_key, self.channels)
-        # The adapter's parts beside the log: who serves what, retention, schedules.
+        # The adapter's parts beside the log: who serves what, retention, schedules, limits.
         self.registry = PostgresRegistry(self)
         self.retention = PostgresRetention(self)
         self.schedules = PostgresSchedules(self)
+        self.limits = PostgresLimits(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 

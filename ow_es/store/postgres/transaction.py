@@ -16,9 +16,11 @@ from psycopg.rows import dict_row
 
 from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.store import codec, statements, tables
+from ow_es.store.flow import Usage
+from ow_es.store.limits_port import limits_from_row, usage_from_rows
 from ow_es.store.named_queries import load
 from ow_es.store.plan import Plan
-from ow_es.store.port import WorkflowKey
+from ow_es.store.port import Ready, WorkflowKey
 from ow_es.store.postgres.wake import Channels
 from ow_es.store.tables import EVENTS, RUNS, STEPS, TxTime
 
@@ -101,15 +103,22 @@ class PostgresTransaction:
         for channel, payload in channels.payloads(ready=self.ready, done=self.done):
             await cur.execute("SELECT pg_notify(%s, %s)", [channel, payload])
 
-    async def select_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
-        params = self._served(workflows, limit)
-        # Both queries go out together (pipeline); expired leases only fill what is left.
-        due_cur = self._conn.cursor(row_factory=dict_row)
-        expired_cur = self._conn.cursor(row_factory=dict_row)
-        await due_cur.execute(Q["claim_due"], params, prepare=True)
-        await expired_cur.execute(Q["claim_expired"], params, prepare=True)
-        rows = [*await due_cur.fetchall(), *await expired_cur.fetchall()]
-        return _served_only(rows, workflows)[:limit]
+    async def select_ready(
+        self, workflows: Sequence[WorkflowKey], limit: int, taken: Sequence[str] = ()
+    ) -> Ready:
+        params = {**self._served(workflows, limit), "taken": list(taken)}
+        # All four go out together (pipeline); the selects run after the limits are locked.
+        cursors = [self._conn.cursor(row_factory=dict_row) for _ in range(4)]
+        for cur, name in zip(cursors, _CLAIM_QUERIES, strict=True):
+            await cur.execute(Q[name], params, prepare=True)
+        limits = {r["workflow_name"]: limits_from_row(r) for r in await cursors[0].fetchall()}
+        ready = [*await cursors[1].fetchall(), *await cursors[2].fetchall()]
+        ready.sort(key=lambda r: (-r["priority"], r["available_at"]))
+        rows = [*ready, *await cursors[3].fetchall()]  # expired leases fill what is left
+        return Ready(rows=_served_only(rows, workflows)[:limit], limits=limits)
+
+    async def flow_usage(self, names: Sequence[str], keys: Sequence[tuple[str, str]]) -> Usage:
+        return usage_from_rows(await self._rows(Q["flow_usage"], usage_params(names, keys)))
 
     async def select_overdue(
         self, workflows: Sequence[WorkflowKey], limit: int
@@ -152,6 +161,17 @@ class PostgresTransaction:
             Q["put_signal_send"],
             {"ns": self.namespace, "key": key, "signal": signal_name, "ids": tables.dumps(run_ids)},
         )
+
+
+_CLAIM_QUERIES = ("lock_limits", "claim_queued", "claim_timers", "claim_expired")
+
+
+def usage_params(names: Sequence[str], keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "names": list(names),
+        "key_names": [name for name, _ in keys],
+        "keys": [key for _, key in keys],
+    }
 
 
 def _served_only(rows: list[dict[str, Any]], workflows: Sequence[WorkflowKey]) -> list[WorkflowRun]:

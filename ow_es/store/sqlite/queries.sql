@@ -5,42 +5,81 @@
 SELECT * FROM workflow_runs
 WHERE namespace_id = ? AND id IN (SELECT value FROM json_each(?))
 
--- name: insert_run
-INSERT INTO workflow_runs (
-    namespace_id, id, workflow_name, version, status, input, output, error, attempts,
-    idempotency_key, parent_run_id, parent_step_name, worker_id, claim_token, lease_until,
-    available_at, deadline_at, waiting_for, seq, created_at, started_at, finished_at, updated_at
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO NOTHING
-RETURNING id
-
--- name: insert_event
-INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-
--- name: upsert_step
-INSERT INTO step_attempts (
-    namespace_id, run_id, step_name, attempt, kind, status, input, output, error,
-    child_run_id, signal_name, started_at, finished_at
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (namespace_id, run_id, step_name, attempt) DO UPDATE SET
-    kind = excluded.kind, status = excluded.status, input = excluded.input,
-    output = excluded.output, error = excluded.error, child_run_id = excluded.child_run_id,
-    signal_name = excluded.signal_name, started_at = excluded.started_at,
-    finished_at = excluded.finished_at
-
 -- name: find_by_key
 SELECT * FROM workflow_runs WHERE namespace_id = ? AND workflow_name = ? AND idempotency_key = ?
 
+-- name: within_limits
+-- A ready run r that the limits in force let a claim take now (flow.held_back, in SQL): no
+-- stored limits, or every limit with room. Held places and first claims are counted from the
+-- runs themselves; the rate window starts at :now less the period (text order is time order).
+NOT EXISTS (
+    SELECT 1 FROM run_limits l
+    WHERE l.namespace_id = r.namespace_id AND l.workflow_name = r.workflow_name
+      AND (
+        l.concurrency <= (
+            SELECT count(*) FROM workflow_runs h
+            WHERE h.namespace_id = r.namespace_id AND h.workflow_name = r.workflow_name
+              AND h.claim_token IS NOT NULL)
+        OR (r.key IS NOT NULL AND l.per_key <= (
+            SELECT count(*) FROM workflow_runs h
+            WHERE h.namespace_id = r.namespace_id AND h.workflow_name = r.workflow_name
+              AND h.key = r.key AND h.claim_token IS NOT NULL))
+        OR (r.started_at IS NULL AND l.rate_count <= (
+            SELECT count(*) FROM workflow_runs s
+            WHERE s.namespace_id = r.namespace_id AND s.workflow_name = r.workflow_name
+              AND s.started_at IS NOT NULL
+              AND s.started_at > strftime('%Y-%m-%dT%H:%M:%f', :now,
+                                          '-' || l.rate_seconds || ' seconds')))
+        OR (r.started_at IS NULL AND r.key IS NOT NULL AND l.per_key_rate_count <= (
+            SELECT count(*) FROM workflow_runs s
+            WHERE s.namespace_id = r.namespace_id AND s.workflow_name = r.workflow_name
+              AND s.key = r.key AND s.started_at IS NOT NULL
+              AND s.started_at > strftime('%Y-%m-%dT%H:%M:%f', :now,
+                                          '-' || l.per_key_rate_seconds || ' seconds')))
+      ))
+
 -- name: claim_ready
-SELECT * FROM workflow_runs
-WHERE namespace_id = ?
-  AND status IN ('pending', 'running')
-  AND (available_at <= ? OR lease_until < ?)
-  AND (workflow_name, coalesce(version, '')) IN (
-      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
-ORDER BY available_at IS NULL, available_at
-LIMIT ?
+-- Ready runs the limits let through, by priority then age; then runs whose lease expired
+-- (they hold their place already).
+SELECT r.* FROM workflow_runs r
+WHERE r.namespace_id = :ns
+  AND r.status IN ('pending', 'running')
+  AND (r.available_at <= :now OR r.lease_until < :now)
+  AND (r.workflow_name, coalesce(r.version, '')) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:workflows))
+  AND r.id NOT IN (SELECT value FROM json_each(:taken))
+  AND (r.claim_token IS NOT NULL OR
+  -- include: within_limits
+  )
+ORDER BY r.claim_token IS NOT NULL, r.priority DESC, r.available_at
+LIMIT :limit
+
+-- name: served_limits
+SELECT * FROM run_limits
+WHERE namespace_id = ? AND workflow_name IN (SELECT value FROM json_each(?))
+ORDER BY workflow_name
+
+-- name: flow_usage
+-- Places held and first claims in the rate window, per limited workflow and per key.
+WITH wanted(name, key) AS (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:pairs)
+)
+SELECT l.workflow_name, w.key,
+       (SELECT count(*) FROM workflow_runs h
+        WHERE h.namespace_id = l.namespace_id AND h.workflow_name = l.workflow_name
+          AND h.claim_token IS NOT NULL AND (w.key IS NULL OR h.key = w.key)) AS held,
+       (SELECT count(*) FROM workflow_runs s
+        WHERE s.namespace_id = l.namespace_id AND s.workflow_name = l.workflow_name
+          AND (w.key IS NULL OR s.key = w.key) AND s.started_at IS NOT NULL
+          AND s.started_at > strftime('%Y-%m-%dT%H:%M:%f', :now, '-' || (CASE WHEN w.key IS NULL
+              THEN l.rate_seconds ELSE l.per_key_rate_seconds END) || ' seconds')) AS started,
+       (SELECT min(s.started_at) FROM workflow_runs s
+        WHERE s.namespace_id = l.namespace_id AND s.workflow_name = l.workflow_name
+          AND (w.key IS NULL OR s.key = w.key) AND s.started_at IS NOT NULL
+          AND s.started_at > strftime('%Y-%m-%dT%H:%M:%f', :now, '-' || (CASE WHEN w.key IS NULL
+              THEN l.rate_seconds ELSE l.per_key_rate_seconds END) || ' seconds')) AS oldest_start
+FROM run_limits l JOIN wanted w ON w.name = l.workflow_name
+WHERE l.namespace_id = :ns
 
 -- name: select_overdue
 SELECT * FROM workflow_runs
@@ -231,3 +270,45 @@ WHERE namespace_id = ?1 AND lease_until IS NOT NULL AND status = 'running'
   AND updated_at < ?2
 ORDER BY updated_at
 LIMIT ?3
+
+-- Flow control: the limits in force (run_limits).
+
+-- name: list_limits
+SELECT * FROM run_limits WHERE namespace_id = :ns ORDER BY workflow_name
+
+-- name: get_limits
+SELECT * FROM run_limits WHERE namespace_id = :ns AND workflow_name = :name
+
+-- name: put_limits
+-- Also a worker's declaration (``only_code``): it replaces limits that code stored, never an
+-- operator's.
+INSERT INTO run_limits (
+    namespace_id, workflow_name, concurrency, per_key, rate, rate_count, rate_seconds,
+    per_key_rate, per_key_rate_count, per_key_rate_seconds, source, updated_at
+) VALUES (
+    :ns, :name, :concurrency, :per_key, :rate, :rate_count, :rate_seconds,
+    :per_key_rate, :per_key_rate_count, :per_key_rate_seconds, :source, :now
+)
+ON CONFLICT (namespace_id, workflow_name) DO UPDATE SET
+    concurrency = excluded.concurrency, per_key = excluded.per_key, rate = excluded.rate,
+    rate_count = excluded.rate_count, rate_seconds = excluded.rate_seconds,
+    per_key_rate = excluded.per_key_rate, per_key_rate_count = excluded.per_key_rate_count,
+    per_key_rate_seconds = excluded.per_key_rate_seconds, source = excluded.source,
+    updated_at = excluded.updated_at
+WHERE NOT :only_code
+   OR (run_limits.source = 'code'
+       AND (run_limits.concurrency, run_limits.per_key, run_limits.rate, run_limits.per_key_rate)
+           IS NOT (excluded.concurrency, excluded.per_key, excluded.rate, excluded.per_key_rate))
+
+-- name: clear_limits
+DELETE FROM run_limits
+WHERE namespace_id = :ns AND workflow_name = :name AND (NOT :only_code OR source = 'code')
+RETURNING workflow_name
+
+-- name: ready_groups
+SELECT r.workflow_name, r.key, r.started_at IS NULL AS fresh, count(*) AS count
+FROM workflow_runs r
+WHERE r.namespace_id = :ns AND r.status IN ('pending', 'running')
+  AND r.available_at <= :now AND r.claim_token IS NULL
+  AND r.workflow_name IN (SELECT workflow_name FROM run_limits WHERE namespace_id = :ns)
+GROUP BY 1, 2, 3

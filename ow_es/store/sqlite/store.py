@@ -26,6 +26,7 @@ from ow_es.store.port import (
 )
 from ow_es.store.rebuild_port import Rebuilder
 from ow_es.store.sqlite.errors import translate
+from ow_es.store.sqlite.limits import SqliteLimits
 from ow_es.store.sqlite.registry import SqliteRegistry
 from ow_es.store.sqlite.retention import SqliteRetention
 from ow_es.store.sqlite.schedules import SqliteSchedules
@@ -52,10 +53,11 @@ class SqliteStore:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._wake = SqliteWakeChannel.for_path(path)
-        # The adapter's parts beside the log: who serves what, retention, schedules.
+        # The adapter's parts beside the log: who serves what, retention, schedules, limits.
         self.registry = SqliteRegistry(self)
         self.retention = SqliteRetention(self)
         self.schedules = SqliteSchedules(self)
+        self.limits = SqliteLimits(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,7 +194,9 @@ class SqliteStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def fetch(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    async def fetch(
+        self, query: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> list[dict[str, Any]]:
         try:
             rows = await self._require(self._reader).execute_fetchall(query, params)
             return [row_dict(r) for r in rows]

@@ -13,9 +13,11 @@ import msgspec
 
 from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.store import codec, statements, tables
+from ow_es.store.flow import Usage
+from ow_es.store.limits_port import limits_from_row, usage_from_rows
 from ow_es.store.named_queries import load
 from ow_es.store.plan import Plan
-from ow_es.store.port import WorkflowKey
+from ow_es.store.port import Ready, WorkflowKey
 from ow_es.store.tables import EVENTS, RUNS, STEPS, TxTime
 
 Q = load("sqlite")
@@ -39,6 +41,14 @@ def row_dict(row: sqlite3.Row) -> dict[str, Any]:
         if out[key] is not None:
             out[key] = msgspec.json.decode(out[key])
     return out
+
+
+def usage_params(
+    namespace: str, now: datetime, names: Sequence[str], keys: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """The parameters of ``flow_usage``: one (workflow, None) pair per workflow, then keys."""
+    pairs = [[name, None] for name in names] + [[name, key] for name, key in keys]
+    return {"ns": namespace, "now": ts(now), "pairs": tables.dumps(pairs)}
 
 
 def workflows_json(workflows: Sequence[WorkflowKey]) -> str:
@@ -95,8 +105,28 @@ class SqliteTransaction:
         self.ready = self.ready or ready
         self.done.extend(done)
 
-    async def select_ready(self, workflows: Sequence[WorkflowKey], limit: int) -> list[WorkflowRun]:
-        return await self._select("claim_ready", workflows, limit)
+    async def select_ready(
+        self, workflows: Sequence[WorkflowKey], limit: int, taken: Sequence[str] = ()
+    ) -> Ready:
+        names = tables.dumps(sorted({name for name, _ in workflows}))
+        stored = await self._rows(Q["served_limits"], (self.namespace, names))
+        params = {
+            "ns": self.namespace,
+            "now": ts(self._now),
+            "workflows": workflows_json(workflows),
+            "taken": tables.dumps(list(taken)),
+            "limit": limit,
+        }
+        rows = await self._conn.execute_fetchall(Q["claim_ready"], params)
+        return Ready(
+            rows=[codec.run_from_row(row_dict(row)) for row in rows],
+            limits={row["workflow_name"]: limits_from_row(row) for row in stored},
+        )
+
+    async def flow_usage(self, names: Sequence[str], keys: Sequence[tuple[str, str]]) -> Usage:
+        params = usage_params(self.namespace, self._now, names, keys)
+        rows = [dict(r) for r in await self._conn.execute_fetchall(Q["flow_usage"], params)]
+        return usage_from_rows(rows, datetime.fromisoformat)
 
     async def select_overdue(
         self, workflows: Sequence[WorkflowKey], limit: int
