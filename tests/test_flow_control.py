@@ -240,3 +240,31 @@ def test_rates_read_as_count_per_period() -> None:
     assert Rate.parse("100/1m") == Rate(100, 60.0)
     assert Rate.parse("10/s") == Rate(10, 1.0)
     assert Rate.parse(" 5 / 2h ") == Rate(5, 7200.0)
+
+
+async def test_ready_runs_held_back_by_a_limit_say_why_and_are_counted(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    await ow.connect()
+    await ow.set_limits(WF, ow_es.Limits(concurrency=1, per_key_rate="1/1h"))
+    first, second = await _start(ow, 2)
+    (keyed,) = await _start(ow, 1, key="k")
+    assert await ow.store.limited_runs() == {WF: 0}
+    (held,) = await ow.store.claim("w", KEYS, 10, 30)
+    assert held.id == first
+    waiting = await ow.store.get_run(second)
+    assert waiting is not None
+    assert await ow.store.held_back(waiting) == "concurrency limit 1 reached"
+    assert await ow.store.limited_runs() == {WF: 2}
+    assert await ow.store.held_back(held) is None  # held runs are not waiting
+    await _complete(ow, held)
+    (taken,) = await ow.store.claim("w", KEYS, 10, 30)
+    assert taken.id == second
+    await _complete(ow, taken)
+    (taken,) = await ow.store.claim("w", KEYS, 10, 30)
+    assert taken.id == keyed
+    await _complete(ow, taken)
+    again = await ow.start(WF, None, key="k")
+    row = await again.status()
+    assert await ow.store.held_back(row) == "per-key rate 1/1h reached for key 'k'"
+    assert await ow.store.limited_runs() == {WF: 1}

@@ -59,20 +59,28 @@ def held_back(row: WorkflowRun, limits: Limits | None, usage: Usage) -> str | No
     lease expired) takes no new one."""
     if limits is None or row.claim_token is not None:
         return None
-    count = usage.of(row.workflow_name)
-    keyed = usage.of_key(row.workflow_name, row.key) if row.key is not None else None
+    return reason(limits, usage, row.workflow_name, row.key, fresh=row.started_at is None)
+
+
+def reason(
+    limits: Limits, usage: Usage, workflow: str, key: str | None, *, fresh: bool
+) -> str | None:
+    """Why a run of ``workflow`` with ``key`` may not take a place now (``fresh``: it was
+    never claimed, so a rate counts it), or None."""
+    count = usage.of(workflow)
+    keyed = usage.of_key(workflow, key) if key is not None else None
     if limits.concurrency is not None and count.held >= limits.concurrency:
         return f"concurrency limit {limits.concurrency} reached"
     if limits.per_key is not None and keyed is not None and keyed.held >= limits.per_key:
-        return f"per-key limit {limits.per_key} reached for key {row.key!r}"
-    if row.started_at is not None:  # not a first claim: rates count first claims only
+        return f"per-key limit {limits.per_key} reached for key {key!r}"
+    if not fresh:  # rates count first claims only
         return None
     rate = limits.rate_limit
     if rate is not None and count.started >= rate.count:
         return f"rate {limits.rate} reached"
     per_key_rate = limits.per_key_rate_limit
     if per_key_rate is not None and keyed is not None and keyed.started >= per_key_rate.count:
-        return f"per-key rate {limits.per_key_rate} reached for key {row.key!r}"
+        return f"per-key rate {limits.per_key_rate} reached for key {key!r}"
     return None
 
 

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ow_es.durations import utcnow
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
-from ow_es.store import claim_rules, rules, schedule_rules
+from ow_es.store import claim_rules, flow, rules, schedule_rules
 from ow_es.store.port import (
     Adapter,
     AppendRequest,
@@ -149,6 +150,31 @@ class Store:
         return await self.adapter.next_wake_at(workflows)
 
     # -- monitoring (dashboard, metrics) ---------------------------------------------------
+
+    async def held_back(self, run: WorkflowRun) -> str | None:
+        """Why a ready run waits although it is due: the limit that holds it back, or None."""
+        due = run.available_at is not None and run.available_at <= utcnow()
+        if run.is_terminal or run.claim_token is not None or not due:
+            return None
+        stored = await self.limits.get(run.workflow_name)
+        if stored is None:
+            return None
+        keys = [(run.workflow_name, run.key)] if run.key is not None else []
+        usage = await self.limits.usage([run.workflow_name], keys)
+        return flow.held_back(run, stored.limits, usage)
+
+    async def limited_runs(self) -> dict[str, int]:
+        """Ready runs that a limit holds back, per workflow with stored limits."""
+        stored = {s.workflow_name: s.limits for s in await self.limits.stored()}
+        groups = await self.limits.ready_groups()
+        keys = sorted({(g.workflow_name, g.key) for g in groups if g.key is not None})
+        usage = await self.limits.usage(sorted(stored), keys)
+        counts = dict.fromkeys(stored, 0)
+        for g in groups:
+            limits = stored.get(g.workflow_name)
+            if limits and flow.reason(limits, usage, g.workflow_name, g.key, fresh=g.fresh):
+                counts[g.workflow_name] += g.count
+        return counts
 
     async def ready_backlog(self) -> Backlog:
         return await self.adapter.ready_backlog()
