@@ -268,3 +268,26 @@ async def test_ready_runs_held_back_by_a_limit_say_why_and_are_counted(
     row = await again.status()
     assert await ow.store.held_back(row) == "per-key rate 1/1h reached for key 'k'"
     assert await ow.store.limited_runs() == {WF: 1}
+
+
+async def test_reproject_rebuilds_keys_priorities_and_the_places_held(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """The places a limit counts are columns of the runs projection: a rebuild from the log
+    gives the same rows, so the limit holds the same runs back afterwards."""
+    await ow.connect()
+    await ow.set_limits(WF, ow_es.Limits(per_key=1, rate="100/1h"))
+    await _start(ow, 3, key="a", priority=2)
+    await _start(ow, 2, key="b")
+    claimed = await ow.store.claim("w", KEYS, 10, 30)
+    assert len(claimed) == 2
+    before = await ow.store.limited_runs()
+    assert before == {WF: 3}
+    assert (await ow.reproject(verify=True)).differences == []
+    report = await ow.reproject()
+    assert report.swapped
+    assert await ow.store.limited_runs() == before
+    page = await ow.list_runs(limit=10)
+    assert sorted((r.key, r.priority) for r in page.runs) == [
+        ("a", 2), ("a", 2), ("a", 2), ("b", 0), ("b", 0)
+    ]  # fmt: skip
