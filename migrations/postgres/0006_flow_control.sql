@@ -9,6 +9,12 @@ CREATE INDEX workflow_runs_queue
     ON workflow_runs (namespace_id, priority DESC, available_at)
     WHERE status IN ('pending', 'running') AND waiting_for IS NULL AND available_at IS NOT NULL;
 
+-- Runs whose timer is due (sleeps, waits, retries): a range up to now() that never walks the
+-- queued runs (workflow_runs_ready holds both kinds).
+CREATE INDEX workflow_runs_timers
+    ON workflow_runs (namespace_id, available_at)
+    WHERE status IN ('pending', 'running') AND waiting_for IS NOT NULL;
+
 -- Places held (a claim token from run_claimed until the run parks, is released or ends) and
 -- first claims, for the limits: counted from the runs projection, no counter row to contend on.
 CREATE INDEX workflow_runs_held

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,8 @@ _TIME_KEYS = frozenset({"until", "lease_until", "available_at", "deadline_at"})
 _EVENT_KEYS = (
     "workflow_name",
     "version",
+    "key",
+    "priority",
     "step_name",
     "kind",
     "attempt",
@@ -124,28 +126,51 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def runs_table(runs: Sequence[WorkflowRun]) -> str:
-    headers = ("ID", "WORKFLOW", "VERSION", "STATUS", "ATTEMPTS", "CREATED", "UPDATED", "WAITING")
+def held_back_text(reason: str) -> str:
+    """Why a ready run waits when a limit keeps it from being claimed."""
+    return f"held back by a limit: {reason}"
+
+
+def runs_table(runs: Sequence[WorkflowRun], held_back: Mapping[str, str] | None = None) -> str:
+    """One line per run; ``held_back``: the reasons of the ready runs a limit keeps waiting,
+    by run id (shown as why they wait)."""
+    held_back = held_back or {}
+    headers = (
+        *("ID", "WORKFLOW", "VERSION", "STATUS", "KEY", "PRIORITY"),
+        *("ATTEMPTS", "CREATED", "UPDATED", "WAITING"),
+    )
     rows = (
         (
             run.id,
             run.workflow_name,
             run.version or "-",
             run.status,
+            run.key if run.key is not None else "-",
+            str(run.priority),
             str(run.attempts),
             iso(run.created_at),
             iso(run.updated_at),
-            waiting_text(run.waiting_for),
+            held_back_text(held_back[run.id])
+            if run.id in held_back
+            else waiting_text(run.waiting_for),
         )
         for run in runs
     )
     return table(headers, rows)
 
 
-def run_details(run: WorkflowRun) -> str:
+def run_details(
+    run: WorkflowRun, *, schedule: str | None = None, held_back: str | None = None
+) -> str:
+    """The row of a run, with the schedule it came from and, for a ready run a limit keeps
+    waiting, why."""
+    waiting = held_back_text(held_back) if held_back else waiting_text(run.waiting_for)
     fields = [
         ("workflow", run.workflow_name + (f" (version {run.version})" if run.version else "")),
         ("status", run.status),
+        ("key", run.key if run.key is not None else "-"),
+        ("priority", str(run.priority)),
+        ("schedule", schedule or "-"),
         ("attempts", str(run.attempts)),
         ("created", iso(run.created_at)),
         ("started", iso(run.started_at)),
@@ -157,7 +182,7 @@ def run_details(run: WorkflowRun) -> str:
             "worker",
             f"{run.worker_id} (lease until {iso(run.lease_until)})" if run.worker_id else "-",
         ),
-        ("waiting for", waiting_text(run.waiting_for)),
+        ("waiting for", waiting),
         ("idempotency", run.idempotency_key or "-"),
         ("parent", run.parent_run_id or "-"),
         ("input", clip(run.input)),
@@ -213,8 +238,8 @@ def event_facts(data: dict[str, Any]) -> str:
     facts = []
     for key in _EVENT_KEYS:
         value = data.get(key)
-        if value is None or value == []:
-            continue
+        if value is None or value == [] or (key == "priority" and value == 0):
+            continue  # the default priority is not worth a word
         if key in ("error", "previous_error"):
             text = error_text(value)
         elif key in _TIME_KEYS:

@@ -12,6 +12,7 @@ from ow_es import __version__
 from ow_es.cli.common import Group
 from ow_es.cli.dashboard import dashboard
 from ow_es.cli.doctor import doctor
+from ow_es.cli.limits import limits
 from ow_es.cli.migrate import migrate
 from ow_es.cli.project import worker_defaults
 from ow_es.cli.reproject import reproject
@@ -26,7 +27,8 @@ Exit status:
   0  success
   1  the command failed: one line `error: <cause>` on stderr (an unreachable
      database, an unknown run, a failed doctor check, a run that failed
-     under `runs start --wait`, projections that differ under --verify)
+     under `runs start --wait`, projections that differ under --verify,
+     no limits stored under `limits clear`)
   2  usage error: an unknown command or option, a bad or missing value
      (not JSON, not a duration), options that do not go together"""
 
@@ -51,6 +53,7 @@ def main(ctx: click.Context) -> None:
 main.add_command(worker)
 main.add_command(runs)
 main.add_command(signal)
+main.add_command(limits)
 main.add_command(schedules)
 main.add_command(migrate)
 main.add_command(doctor)

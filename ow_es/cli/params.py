@@ -8,6 +8,7 @@ import click
 import msgspec
 
 from ow_es.durations import to_seconds
+from ow_es.limits import Rate
 
 if TYPE_CHECKING:  # generic from click 8.2 on; plain at run time, for click 8.1
     _ParamType = click.ParamType[Any]
@@ -52,3 +53,20 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class RateText(_ParamType):
+    """A rate, ``N/PERIOD`` (``"100/1m"``, ``"10/s"``), checked and kept as given."""
+
+    name = "N/PERIOD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        try:
+            Rate.parse(text, "rate")
+        except ValueError as exc:
+            detail = str(exc).removeprefix("rate: ")
+            self.fail(
+                detail if detail.startswith(repr(text)) else f"{text!r}: {detail}", param, ctx
+            )
+        return text

@@ -7,6 +7,7 @@ import asyncio
 
 import click
 
+from ow_es import run_facts
 from ow_es.cli import format as fmt
 from ow_es.cli.common import Connection, Group, connection_options, json_option, open_client
 from ow_es.cli.params import Seconds
@@ -62,17 +63,19 @@ def list_runs(
     cursor: str | None,
     as_json: bool,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first, with their key and priority; a ready run that a limit keeps
+    waiting says so (--json: `held_back`, its reason by run id)."""
 
     async def call() -> None:
         async with open_client(conn) as client:
             page = await client.list_runs(
                 status=status, workflow_name=workflow, limit=limit, cursor=cursor
             )
+            held = await run_facts.held_back(client.store, page.runs)
         if as_json:
-            click.echo(fmt.to_json(fmt.page_record(page)))
+            click.echo(fmt.to_json({**fmt.page_record(page), "held_back": held}))
             return
-        click.echo(fmt.runs_table(page.runs) if page.runs else "no runs")
+        click.echo(fmt.runs_table(page.runs, held) if page.runs else "no runs")
         if page.next_cursor:
             click.echo(f"next cursor: {page.next_cursor}")
 
@@ -84,22 +87,27 @@ def list_runs(
 @json_option
 @connection_options
 def show_run(conn: Connection, run_id: str, as_json: bool) -> None:
-    """Show a run, its step attempts and its whole event history."""
+    """Show a run (with its key, priority, the schedule it came from, and the limit that
+    holds it back if one does), its step attempts and its whole event history."""
 
     async def call() -> None:
         async with open_client(conn) as client:
             run = await (await client.get_handle(run_id)).status()
             steps = await client.store.step_attempts(run_id)
             events = await client.history(run_id)
+            held_back = await client.store.held_back(run)
+        schedule = run_facts.schedule_of(run)
         if as_json:
             record = {
                 "run": fmt.run_record(run),
+                "schedule": schedule,
+                "held_back": held_back,
                 "steps": steps,
                 "events": [fmt.event_record(event) for event in events],
             }
             click.echo(fmt.to_json(record))
             return
-        click.echo(fmt.run_details(run))
+        click.echo(fmt.run_details(run, schedule=schedule, held_back=held_back))
         click.echo()
         click.echo(fmt.steps_table(steps))
         click.echo()

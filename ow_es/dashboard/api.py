@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ow_es import run_facts
 from ow_es.client import OpenWorkflow
 from ow_es.dashboard.cache import CountsCache
 from ow_es.dashboard.jsonio import ApiError, json_body, json_response, optional_str, required_str
@@ -53,7 +54,8 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int:
 
 
 async def list_runs(request: Request) -> Response:
-    """``?status=&workflow=&limit=&cursor=`` or ``?q=`` (an exact run id or idempotency key)."""
+    """``?status=&workflow=&limit=&cursor=`` or ``?q=`` (an exact run id or idempotency key);
+    ``held_back``: why each listed run that a limit keeps waiting waits, by run id."""
     client = client_of(request)
     params = request.query_params
     status = params.get("status") or None
@@ -71,15 +73,19 @@ async def list_runs(request: Request) -> Response:
             if (status is None or r.status == status)
             and (workflow is None or r.workflow_name == workflow)
         ]
-        return json_response({"runs": runs, "next_cursor": None})
+        held = await run_facts.held_back(client.store, runs)
+        return json_response({"runs": runs, "next_cursor": None, "held_back": held})
     page = await client.list_runs(
         status=status, workflow_name=workflow, limit=limit, cursor=params.get("cursor") or None
     )
-    return json_response({"runs": page.runs, "next_cursor": page.next_cursor})
+    held = await run_facts.held_back(client.store, page.runs)
+    return json_response({"runs": page.runs, "next_cursor": page.next_cursor, "held_back": held})
 
 
 async def get_run(request: Request) -> Response:
-    """The run, its step attempts, its children's ids and its parent's."""
+    """The run, its step attempts, its children's ids and its parent's, the schedule it came
+    from (a name, or null) and ``held_back``: why a ready run waits when a limit keeps it
+    from being claimed (null otherwise)."""
     client = client_of(request)
     run = await _run(client, request.path_params["run_id"])
     steps = await client.store.step_attempts(run.id)
@@ -90,6 +96,8 @@ async def get_run(request: Request) -> Response:
             "steps": steps,
             "children": [child.id for child in children],
             "parent": run.parent_run_id,
+            "schedule": run_facts.schedule_of(run),
+            "held_back": await client.store.held_back(run),
             "now": utcnow(),
         }
     )

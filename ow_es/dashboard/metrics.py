@@ -33,6 +33,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     log_lag: float
     workers: int
     unserved: dict[tuple[str, str | None], int]
+    limited: dict[str, int]
     stuck: int
 
 
@@ -49,6 +50,7 @@ async def take_snapshot(
         log_lag=await store.log_lag(),
         workers=len(await store.registry.live()),
         unserved=await store.registry.unserved_runs(),
+        limited=await store.limited_runs(),
         stuck=len(await store.registry.stuck_runs(stuck_after)),
     )
 
@@ -95,6 +97,15 @@ class DatabaseCollector(Collector):
         ):
             unserved.add_metric([name, version or ""], n)
         yield unserved
+        limited = GaugeMetricFamily(
+            "ow_es_limited_runs",
+            "Ready runs that a concurrency or rate limit holds back (by workflow name; every"
+            " workflow with stored limits, 0 included).",
+            labels=["workflow_name"],
+        )
+        for name, n in sorted(s.limited.items()):
+            limited.add_metric([name], n)
+        yield limited
         yield GaugeMetricFamily(
             "ow_es_stuck_runs",
             "Runs held by a worker with no event for longer than the stuck threshold"

@@ -19,8 +19,10 @@ WHERE namespace_id = %(ns)s AND workflow_name = %(name)s AND idempotency_key = %
 -- A ready run r that the limits in force let a claim take now (flow.held_back, in SQL): no
 -- stored limits, or every limit with room. Held places and first claims are counted from the
 -- runs themselves (workflow_runs_held, workflow_runs_started, workflow_runs_key_started).
-NOT EXISTS (
-    SELECT 1 FROM run_limits l
+-- A scalar subquery, not NOT EXISTS: the planner would turn that into an anti join, read every
+-- ready run and sort them, where a filter keeps the index order and stops after LIMIT rows.
+NOT coalesce((
+    SELECT true FROM run_limits l
     WHERE l.namespace_id = r.namespace_id AND l.workflow_name = r.workflow_name
       AND (
         l.concurrency <= (
@@ -40,7 +42,8 @@ NOT EXISTS (
             WHERE s.namespace_id = r.namespace_id AND s.workflow_name = r.workflow_name
               AND s.key = r.key
               AND s.started_at > now() - make_interval(secs => l.per_key_rate_seconds)))
-      ))
+      )
+    LIMIT 1), false)
 
 -- name: claim_queued
 -- Runs ready without a timer, by priority then age, through the workflow_runs_queue index:
@@ -61,7 +64,7 @@ LIMIT %(limit)s
 FOR UPDATE OF r SKIP LOCKED
 
 -- name: claim_timers
--- Runs whose timer is due (sleeps, waits, retries), through workflow_runs_ready (its range
+-- Runs whose timer is due (sleeps, waits, retries), through workflow_runs_timers (its range
 -- stops at now(): parked runs are never walked), the due ones by priority then age.
 SELECT r.* FROM workflow_runs r
 WHERE r.namespace_id = %(ns)s

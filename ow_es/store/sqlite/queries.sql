@@ -12,8 +12,10 @@ SELECT * FROM workflow_runs WHERE namespace_id = ? AND workflow_name = ? AND ide
 -- A ready run r that the limits in force let a claim take now (flow.held_back, in SQL): no
 -- stored limits, or every limit with room. Held places and first claims are counted from the
 -- runs themselves; the rate window starts at :now less the period (text order is time order).
-NOT EXISTS (
-    SELECT 1 FROM run_limits l
+-- A scalar subquery, not NOT EXISTS: the planner would turn that into an anti join, read every
+-- ready run and sort them, where a filter keeps the index order and stops after LIMIT rows.
+NOT coalesce((
+    SELECT true FROM run_limits l
     WHERE l.namespace_id = r.namespace_id AND l.workflow_name = r.workflow_name
       AND (
         l.concurrency <= (
@@ -36,22 +38,44 @@ NOT EXISTS (
               AND s.key = r.key AND s.started_at IS NOT NULL
               AND s.started_at > strftime('%Y-%m-%dT%H:%M:%f', :now,
                                           '-' || l.per_key_rate_seconds || ' seconds')))
-      ))
+      )
+    LIMIT 1), false)
 
--- name: claim_ready
--- Ready runs the limits let through, by priority then age; then runs whose lease expired
--- (they hold their place already).
-SELECT r.* FROM workflow_runs r
+-- name: claim_queued
+-- Runs ready without a timer, by priority then age (workflow_runs_queue, in index order).
+SELECT r.* FROM workflow_runs r INDEXED BY workflow_runs_queue
 WHERE r.namespace_id = :ns
-  AND r.status IN ('pending', 'running')
-  AND (r.available_at <= :now OR r.lease_until < :now)
+  AND r.status IN ('pending', 'running') AND r.waiting_for IS NULL
+  AND r.available_at IS NOT NULL AND r.available_at <= :now
   AND (r.workflow_name, coalesce(r.version, '')) IN (
       SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:workflows))
   AND r.id NOT IN (SELECT value FROM json_each(:taken))
-  AND (r.claim_token IS NOT NULL OR
+  AND
   -- include: within_limits
-  )
-ORDER BY r.claim_token IS NOT NULL, r.priority DESC, r.available_at
+ORDER BY r.priority DESC, r.available_at
+LIMIT :limit
+
+-- name: claim_timers
+-- Runs whose timer is due (workflow_runs_timers: the range stops at :now), by priority.
+SELECT r.* FROM workflow_runs r INDEXED BY workflow_runs_timers
+WHERE r.namespace_id = :ns
+  AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
+  AND r.available_at <= :now
+  AND (r.workflow_name, coalesce(r.version, '')) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:workflows))
+  AND r.id NOT IN (SELECT value FROM json_each(:taken))
+  AND
+  -- include: within_limits
+ORDER BY r.priority DESC, r.available_at
+LIMIT :limit
+
+-- name: claim_expired
+-- Runs whose worker's lease ran out (they hold their place already: no limit applies).
+SELECT r.* FROM workflow_runs r
+WHERE r.namespace_id = :ns AND r.lease_until < :now AND r.status = 'running'
+  AND (r.workflow_name, coalesce(r.version, '')) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:workflows))
+ORDER BY r.lease_until
 LIMIT :limit
 
 -- name: served_limits

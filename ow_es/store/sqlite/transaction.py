@@ -71,7 +71,9 @@ class SqliteTransaction:
     async def now(self) -> datetime:
         return self._now
 
-    async def _rows(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    async def _rows(
+        self, query: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> list[dict[str, Any]]:
         return [row_dict(r) for r in await self._conn.execute_fetchall(query, params)]
 
     async def insert_runs(self, runs: list[WorkflowRun]) -> set[str]:
@@ -117,9 +119,14 @@ class SqliteTransaction:
             "taken": tables.dumps(list(taken)),
             "limit": limit,
         }
-        rows = await self._conn.execute_fetchall(Q["claim_ready"], params)
+        ready = [
+            *await self._rows(Q["claim_queued"], params),
+            *await self._rows(Q["claim_timers"], params),
+        ]
+        ready.sort(key=lambda r: (-r["priority"], r["available_at"]))
+        rows = [*ready, *await self._rows(Q["claim_expired"], params)][:limit]
         return Ready(
-            rows=[codec.run_from_row(row_dict(row)) for row in rows],
+            rows=[codec.run_from_row(row) for row in rows],
             limits={row["workflow_name"]: limits_from_row(row) for row in stored},
         )
 
