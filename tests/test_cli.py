@@ -12,7 +12,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ import psycopg
 import pytest
 
 import ow_es
-from ow_es import logging_setup
+from ow_es import logging_setup, run_facts
 from ow_es.cli import main, runs_bulk
+from ow_es.schedule import tick_key
 from ow_es.store import migrator
 from tests.support.cli import (
     ainvoke,
@@ -91,6 +92,7 @@ APP_WITH_CLIENT = """
         *(["worker"], ["migrate"], ["doctor"], ["signal"], ["reproject"]),
         *(["runs", "list"], ["runs", "show"], ["runs", "resume"]),
         *(["runs", "start"], ["runs", "cancel"]),
+        *(["limits", "list"], ["limits", "set"], ["limits", "clear"]),
     ],
 )
 def test_help_shows_every_options_env_var(command: list[str]) -> None:
@@ -287,7 +289,8 @@ async def test_runs_list_filters_pages_and_json(ow: ow_es.OpenWorkflow, db: dict
     ids = await finished_runs(ow)
     out = ok(await ainvoke("runs", "list", *db_args(db)))
     assert out.splitlines()[0].split() == [
-        *("ID", "WORKFLOW", "VERSION", "STATUS", "ATTEMPTS", "CREATED", "UPDATED", "WAITING")
+        *("ID", "WORKFLOW", "VERSION", "STATUS", "KEY", "PRIORITY"),
+        *("ATTEMPTS", "CREATED", "UPDATED", "WAITING"),
     ]
     for status, run_id in ids.items():
         assert any(line.startswith(run_id) and status in line for line in out.splitlines())
@@ -307,7 +310,7 @@ async def test_runs_list_filters_pages_and_json(ow: ow_es.OpenWorkflow, db: dict
 
     page = msgspec.json.decode(ok(await ainvoke("runs", "list", "--json", *db_args(db))))
     assert {run["id"] for run in page["runs"]} == set(ids.values())
-    assert page["next_cursor"] is None
+    assert page["next_cursor"] is None and page["held_back"] == {}
     assert datetime.fromisoformat(page["runs"][0]["created_at"]).tzinfo is not None
 
 
@@ -527,6 +530,156 @@ def test_bulk_cancel_usage_errors_exit_2(db: dict[str, Any]) -> None:
         invoke("runs", "cancel", "--older-than", "soon", *db_args(db)), "--older-than"
     )
     assert_usage_error(invoke("runs", "cancel", "--status", "sleepy", *db_args(db)), "--status")
+
+
+# -- flow control: limits, keys, priorities, schedules ------------------------------------------
+
+
+def limits_of(ow: ow_es.OpenWorkflow) -> Any:
+    async def read() -> dict[str, tuple[ow_es.Limits, str]]:
+        return {s.workflow_name: (s.limits, s.source) for s in await ow.limits()}
+
+    return read()
+
+
+async def test_limits_list_set_and_clear(ow: ow_es.OpenWorkflow, db: dict[str, Any]) -> None:
+    await ow.connect()
+    args = db_args(db)
+    assert ok(await ainvoke("limits", "list", *args)).strip() == "no limits stored"
+    assert msgspec.json.decode(ok(await ainvoke("limits", "list", "--json", *args))) == []
+
+    out = ok(await ainvoke("limits", "set", "sync", "--concurrency", "2", "--rate", "10/1s", *args))
+    assert out.strip() == "limits of sync set: concurrency=2, rate=10/1s"
+    assert await limits_of(ow) == {"sync": (ow_es.Limits(concurrency=2, rate="10/1s"), "operator")}
+    # Set replaces what was stored: options left out are no limit.
+    stored = msgspec.json.decode(
+        ok(await ainvoke("limits", "set", "sync", "--per-key", "1", "--json", env=db_env(db)))
+    )
+    assert stored["workflow_name"] == "sync" and stored["source"] == "operator"
+    assert stored["limits"] == {
+        "concurrency": None, "per_key": 1, "rate": None, "per_key_rate": None,
+    }  # fmt: skip
+    assert datetime.fromisoformat(stored["updated_at"]).tzinfo is not None
+    ok(
+        await ainvoke(
+            "limits", "set", "mail", "--per-key-rate", "5/1m", "--concurrency", "3", *args
+        )
+    )
+
+    table = ok(await ainvoke("limits", "list", *args)).splitlines()
+    assert table[0].split() == [
+        *("WORKFLOW", "CONCURRENCY", "PER", "KEY", "RATE", "PER-KEY", "RATE", "SOURCE", "UPDATED")
+    ]
+    assert table[1].split()[:6] == ["mail", "3", "-", "-", "5/1m", "operator"]
+    assert table[2].split()[:6] == ["sync", "-", "1", "-", "-", "operator"]
+    listed = msgspec.json.decode(ok(await ainvoke("limits", "list", "--json", *args)))
+    assert [(r["workflow_name"], r["limits"]["per_key_rate"]) for r in listed] == [
+        ("mail", "5/1m"), ("sync", None),
+    ]  # fmt: skip
+
+    assert ok(await ainvoke("limits", "clear", "sync", *args)).strip() == "limits of sync cleared"
+    assert list(await limits_of(ow)) == ["mail"]
+    assert_one_line_error(
+        await ainvoke("limits", "clear", "sync", *args), "no limits stored for sync"
+    )
+    cleared = ok(await ainvoke("limits", "clear", "mail", "--json", *args))
+    assert msgspec.json.decode(cleared) == {"workflow_name": "mail", "cleared": True}
+    assert await limits_of(ow) == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (["--rate", "ten"], ["--rate", "'ten' is not a rate"]),
+        (["--rate", "10/soon"], ["--rate", "not a duration"]),
+        (["--per-key-rate", "0/1m"], ["--per-key-rate", "at least 1"]),
+        (["--concurrency", "0"], ["--concurrency"]),
+        (["--per-key", "one"], ["--per-key", "not a valid integer"]),
+        (["--concurrency", "5", "--rate", "ten"], ["--rate"]),
+        ([], ["at least one of --concurrency"]),
+    ],
+)
+async def test_limits_set_refuses_bad_values_and_writes_nothing(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any], options: list[str], fragments: list[str]
+) -> None:
+    await ow.connect()
+    await ow.set_limits("sync", ow_es.Limits(concurrency=9))
+    before = await ow.limits()
+    assert_usage_error(await ainvoke("limits", "set", "sync", *options, *db_args(db)), *fragments)
+    assert await ow.limits() == before
+
+
+async def held_back_runs(ow: ow_es.OpenWorkflow) -> dict[str, str]:
+    """Under ``concurrency=1``: a run held by a worker (key ``tenant-7``, priority 5) and a
+    ready one that the limit holds back, started by a schedule's tick; a run of a manual
+    trigger, and a plain one (no limit, no key)."""
+    await ow.connect()
+    await ow.set_limits("sync", ow_es.Limits(concurrency=1))
+    tick = datetime(2024, 5, 1, 3, tzinfo=UTC)
+    held = await ow.start("sync", 1, key="tenant-7", priority=5)
+    waiting = await ow.start(
+        "sync", 2, key="tenant-8", idempotency_key=tick_key("nightly:eu", tick)
+    )
+    (claimed,) = await ow.store.claim("w", [("sync", None)], 10, 30)
+    assert claimed.id == held.run_id
+    manual = await ow.start("other", None, idempotency_key=f"schedule:hourly:manual:{'a' * 32}")
+    plain = await ow.start("other", None)
+    return {
+        "held": held.run_id,
+        "waiting": waiting.run_id,
+        "manual": manual.run_id,
+        "plain": plain.run_id,
+    }
+
+
+async def test_runs_list_and_show_key_priority_schedule_and_held_back(
+    ow: ow_es.OpenWorkflow, db: dict[str, Any]
+) -> None:
+    ids = await held_back_runs(ow)
+    args = db_args(db)
+    lines = {
+        line.split()[0]: line for line in ok(await ainvoke("runs", "list", *args)).splitlines()
+    }
+    assert lines[ids["held"]].split()[3:6] == ["running", "tenant-7", "5"]
+    assert lines[ids["waiting"]].split()[3:6] == ["pending", "tenant-8", "0"]
+    reason = "held back by a limit: concurrency limit 1 reached"
+    assert lines[ids["waiting"]].endswith(reason)
+    assert lines[ids["plain"]].split()[3:6] == ["pending", "-", "0"]
+    assert reason not in lines[ids["plain"]] + lines[ids["held"]]
+
+    page = msgspec.json.decode(ok(await ainvoke("runs", "list", "--json", *args)))
+    by_id = {run["id"]: run for run in page["runs"]}
+    assert (by_id[ids["held"]]["key"], by_id[ids["held"]]["priority"]) == ("tenant-7", 5)
+    assert (by_id[ids["plain"]]["key"], by_id[ids["plain"]]["priority"]) == (None, 0)
+    assert page["held_back"] == {ids["waiting"]: "concurrency limit 1 reached"}
+    assert all("claim_token" not in run for run in page["runs"])
+
+    out = ok(await ainvoke("runs", "show", ids["waiting"], *args))
+    assert "  key          tenant-8" in out and "  priority     0" in out
+    assert "  schedule     nightly:eu" in out
+    assert f"  waiting for  {reason}" in out
+    assert "run_created  workflow=sync key=tenant-8 available_at=" in out
+    held = ok(await ainvoke("runs", "show", ids["held"], *args))
+    assert "  priority     5" in held and "  schedule     -" in held
+    assert "held back" not in held and "key=tenant-7 priority=5" in held
+    manual = ok(await ainvoke("runs", "show", ids["manual"], *args))
+    assert "  schedule     hourly" in manual and "held back" not in manual
+
+    shown = msgspec.json.decode(ok(await ainvoke("runs", "show", ids["waiting"], "--json", *args)))
+    assert shown["schedule"] == "nightly:eu"
+    assert shown["held_back"] == "concurrency limit 1 reached"
+    assert (shown["run"]["key"], shown["run"]["priority"]) == ("tenant-8", 0)
+    plain = msgspec.json.decode(ok(await ainvoke("runs", "show", ids["plain"], "--json", *args)))
+    assert plain["schedule"] is None and plain["held_back"] is None
+
+
+def test_the_schedule_of_a_run_comes_from_its_idempotency_key() -> None:
+    tick = datetime(2024, 3, 31, 1, 30, 15, 250000, tzinfo=UTC)
+    assert run_facts.schedule_of(tick_key("nightly", tick)) == "nightly"
+    assert run_facts.schedule_of(tick_key("a:b", tick.replace(microsecond=0))) == "a:b"
+    assert run_facts.schedule_of(f"schedule:hourly:manual:{uuid.uuid4().hex}") == "hourly"
+    for key in (None, "", "order-1", "schedule:nightly", "schedule:x:2024-05-01", "schedule::x"):
+        assert run_facts.schedule_of(key) is None, key
 
 
 # -- --json everywhere, and never a claim token ------------------------------------------------

@@ -34,7 +34,7 @@ def _record(stored: StoredLimits) -> dict[str, Any]:
     return record
 
 
-@limits.command("list")
+@limits.command("list", short_help="List the limits in force, per workflow.")
 @json_option
 @connection_options
 def list_limits(conn: Connection, as_json: bool) -> None:
@@ -72,7 +72,7 @@ def _text(value: int | str | None) -> str:
     return "-" if value is None else str(value)
 
 
-@limits.command("set")
+@limits.command("set", short_help="Store an operator's limits for a workflow.")
 @click.argument("workflow")
 @click.option(
     "--concurrency",
@@ -138,7 +138,7 @@ def set_limits(
     click.echo(f"limits of {workflow} set: {facts}")
 
 
-@limits.command("clear")
+@limits.command("clear", short_help="Remove a workflow's stored limits.")
 @click.argument("workflow")
 @json_option
 @connection_options
