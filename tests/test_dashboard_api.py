@@ -23,6 +23,7 @@ import ow_es
 from ow_es import Context, RetryPolicy
 from ow_es.dashboard import create_app
 from ow_es.dashboard.server import make_server
+from ow_es.schedule import tick_key
 from tests.support.databases import ClientFactory
 
 STATUSES = ["pending", "running", "completed", "failed", "canceled"]
@@ -179,8 +180,9 @@ async def test_run_detail_events_state_children_and_failed_attempts(
         await handle.result(timeout=20)
     async with serve_dashboard(ow) as url, httpx.AsyncClient(base_url=url) as http:
         detail = (await http.get(f"/api/runs/{handle.run_id}")).json()
-        assert set(detail) >= {"run", "steps", "children", "parent"}
+        assert set(detail) >= {"run", "steps", "children", "parent", "schedule", "held_back"}
         assert detail["run"]["status"] == "completed" and detail["parent"] is None
+        assert detail["schedule"] is None and detail["held_back"] is None
         (child_id,) = detail["children"]
         failed = [s for s in detail["steps"] if s["status"] == "failed"]
         assert [(s["step_name"], s["attempt"]) for s in failed] == [("flaky", 1), ("flaky", 2)]
@@ -212,6 +214,48 @@ async def test_run_detail_events_state_children_and_failed_attempts(
         for query in ("", "?seq=x", "?seq=0"):
             response = await http.get(f"/api/runs/{handle.run_id}/state{query}")
             assert response.status_code == 422, query
+
+
+async def test_runs_show_key_priority_schedule_and_what_holds_them_back(
+    make_client: ClientFactory,
+) -> None:
+    """Under ``concurrency=1`` one run is held, the next (started by a schedule's tick) is
+    ready but held back: the run's detail says why, the list gives each held-back run's
+    reason, and a run no limit keeps waiting has none."""
+    ow = await connected(make_client)
+    await ow.set_limits("sync", ow_es.Limits(concurrency=1))
+    tick = datetime(2024, 5, 1, 3, tzinfo=UTC)
+    held = await ow.start("sync", 1, key="tenant-7", priority=5)
+    waiting = await ow.start("sync", 2, key="tenant-8", idempotency_key=tick_key("nightly", tick))
+    (claimed,) = await ow.store.claim("w", [("sync", None)], 10, 30)
+    assert claimed.id == held.run_id and claimed.claim_token
+    plain = await ow.start("other", None, idempotency_key="order-1")
+    async with serve_dashboard(ow) as url, httpx.AsyncClient(base_url=url) as http:
+        detail = (await http.get(f"/api/runs/{waiting.run_id}")).json()
+        assert (detail["run"]["key"], detail["run"]["priority"]) == ("tenant-8", 0)
+        assert detail["schedule"] == "nightly"
+        assert detail["held_back"] == "concurrency limit 1 reached"
+        holder = (await http.get(f"/api/runs/{held.run_id}")).json()
+        assert (holder["run"]["key"], holder["run"]["priority"]) == ("tenant-7", 5)
+        assert holder["schedule"] is None and holder["held_back"] is None
+        other = (await http.get(f"/api/runs/{plain.run_id}")).json()
+        assert (other["run"]["key"], other["run"]["priority"]) == (None, 0)
+        assert other["schedule"] is None and other["held_back"] is None
+
+        page = (await http.get("/api/runs")).json()
+        assert page["held_back"] == {waiting.run_id: "concurrency limit 1 reached"}
+        keys = {run["id"]: (run["key"], run["priority"]) for run in page["runs"]}
+        assert keys[held.run_id] == ("tenant-7", 5) and keys[plain.run_id] == (None, 0)
+        found = (await http.get("/api/runs", params={"q": waiting.run_id})).json()
+        assert found["held_back"] == {waiting.run_id: "concurrency limit 1 reached"}
+        others = (await http.get("/api/runs", params={"workflow": "other"})).json()
+        assert others["held_back"] == {}
+        assert claimed.claim_token not in json.dumps([page, detail, holder])
+
+        # The limit lifted: nothing holds the run back any more.
+        await ow.set_limits("sync", ow_es.Limits(concurrency=2))
+        assert (await http.get(f"/api/runs/{waiting.run_id}")).json()["held_back"] is None
+        assert (await http.get("/api/runs")).json()["held_back"] == {}
 
 
 # -- actions ------------------------------------------------------------------------------------

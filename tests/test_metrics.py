@@ -137,7 +137,40 @@ async def test_dashboard_gauges_of_an_empty_namespace(make_client: Any) -> None:
     assert value(samples, "ow_es_unowned_runs") == 0
     assert value(samples, "ow_es_workers") == 0
     assert not [key for key in samples if key[0] == "ow_es_unserved_runs"]
+    assert not [key for key in samples if key[0] == "ow_es_limited_runs"]
     assert value(samples, "ow_es_stuck_runs") == 0
+
+
+async def test_limited_runs_counts_ready_runs_a_limit_holds_back(
+    make_client: ClientFactory,
+) -> None:
+    """``ow_es_limited_runs{workflow_name}``: one series per workflow with stored limits (0
+    when nothing waits), none for a workflow without limits."""
+    ow = await make_client()
+    await ow.connect()
+    await ow.set_limits("sync", ow_es.Limits(concurrency=1))
+    await ow.set_limits("mail", ow_es.Limits(per_key=1))
+    for i in range(3):
+        await ow.start("sync", i)
+    (held,) = await ow.store.claim("w", [("sync", None)], 10, 30)  # one place: the others wait
+    await ow.start("mail", None, key="k")  # ready, under its per-key limit
+    await ow.start("plain", None)  # no limit: ready, not held back
+    await ow.start("sync", None, available_at="1h")  # not due: not held back
+    async with serve_dashboard(ow) as url, httpx.AsyncClient(base_url=url) as http:
+        samples = parse((await http.get("/metrics")).text)
+        limited = {
+            dict(labels)["workflow_name"]: n
+            for (name, labels), n in samples.items()
+            if name == "ow_es_limited_runs"
+        }
+        assert limited == {"sync": 2, "mail": 0}
+        assert value(samples, "ow_es_ready_runs") == 4  # held back runs are ready too
+        await ow.clear_limits("sync")
+        samples = parse((await http.get("/metrics")).text)
+    assert [dict(labels) for (name, labels) in samples if name == "ow_es_limited_runs"] == [
+        {"workflow_name": "mail"}
+    ]
+    assert held.workflow_name == "sync"
 
 
 def scrape(port: int) -> Samples:
