@@ -1,4 +1,5 @@
-// One run: its row and why it waits, its step attempts on a time axis (failures with their
+// One run: its row (with its key, priority and the schedule it came from) and why it waits
+// (a limit that holds it back included), its step attempts on a time axis (failures with their
 // errors), parent and children, actions, the full event history, and a time-travel slider
 // that shows the row and steps as of any event (GET /api/runs/{id}/state?seq=N).
 
@@ -31,7 +32,7 @@ export async function runPage(root, signal, runId) {
     replace(header,
       h("h2", {}, h("span", { class: "muted" }, "Run "), h("span", { class: "mono", id: "run-id" }, run.id), " ", statusBadge(run.status)),
       h("div", { class: "subtitle" }, h("strong", {}, run.workflow_name), run.version ? ` version ${run.version}` : "",
-        run.idempotency_key ? h("span", { class: "muted" }, " · key ", h("span", { class: "mono" }, run.idempotency_key)) : null));
+        run.idempotency_key ? h("span", { class: "muted" }, " · idempotency key ", h("span", { class: "mono" }, run.idempotency_key)) : null));
     renderActions(run);
   };
 
@@ -60,9 +61,15 @@ export async function runPage(root, signal, runId) {
   };
 
   const renderState = (run, steps, asOf) => {
-    const why = whyItWaits(run, asOf ? Date.parse(run.updated_at) : Date.now());
+    // A ready run that a concurrency or rate limit keeps from being claimed (now, not as of
+    // an earlier event: the server judges it against the runs held at this moment).
+    const heldBack = asOf ? null : detail.held_back;
+    const why = heldBack ? `held back by a limit: ${heldBack}` : whyItWaits(run, asOf ? Date.parse(run.updated_at) : Date.now());
     const rows = [
       ["status", statusBadge(run.status)],
+      ["key", run.key === null || run.key === undefined ? "—" : h("span", { class: "mono", id: "run-key" }, run.key)],
+      ["priority", h("span", { id: "run-priority" }, String(run.priority ?? 0))],
+      ["schedule", detail.schedule ? h("span", { id: "run-schedule" }, detail.schedule) : "—"],
       ["attempts", String(run.attempts)],
       ["worker", run.worker_id || "—"],
       ["lease until", timeCell(run.lease_until)],
@@ -77,7 +84,7 @@ export async function runPage(root, signal, runId) {
     ];
     replace(state,
       asOf ? h("div", { class: "banner", id: "as-of-banner" }, `Showing the run as of event #${asOf.seq} (${asOf.type}, ${absolute(asOf.created_at)}). The actions act on the run as it is now.`) : null,
-      why ? h("div", { class: "why-box", id: "why-waits" }, h("strong", {}, "Why it waits: "), why) : null,
+      why ? h("div", { class: heldBack ? "why-box held-back" : "why-box", id: "why-waits" }, h("strong", {}, "Why it waits: "), why) : null,
       h("div", { class: "columns" },
         h("section", { class: "panel" }, h("h3", {}, "Row"), h("dl", { class: "facts" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))),
         h("section", { class: "panel io" },

@@ -44,12 +44,16 @@ export async function runsPage(root, signal, params) {
 
   const tbody = h("tbody", {});
   const rows = new Map();
-  const renderRow = (run) => {
+  // heldBack: why a ready run waits when a limit keeps it from being claimed (the server's word).
+  const renderRow = (run, heldBack) => {
+    const why = heldBack ? `held back by a limit: ${heldBack}` : whyItWaits(run);
     const tr = h("tr", { dataset: { runId: run.id } },
       h("td", { class: "mono" }, h("a", { href: `#/run/${encodeURIComponent(run.id)}`, title: run.id }, shortId(run.id))),
       h("td", {}, run.workflow_name, run.version ? h("span", { class: "muted" }, ` v${run.version}`) : null),
       h("td", {}, statusBadge(run.status)),
-      h("td", { class: "why" }, whyItWaits(run) || (run.error ? `${run.error.type}: ${run.error.message}` : "")),
+      h("td", { class: "mono key" }, run.key ?? ""),
+      h("td", { class: "num priority" }, String(run.priority ?? 0)),
+      h("td", { class: heldBack ? "why held-back" : "why" }, why || (run.error ? `${run.error.type}: ${run.error.message}` : "")),
       h("td", { class: "num" }, String(run.attempts)),
       h("td", {}, timeCell(run.created_at)),
       h("td", {}, timeCell(run.updated_at)));
@@ -58,7 +62,8 @@ export async function runsPage(root, signal, params) {
     rows.set(run.id, tr);
     return tr;
   };
-  page.runs.forEach(renderRow);
+  const heldBack = page.held_back || {};
+  page.runs.forEach((run) => renderRow(run, heldBack[run.id]));
 
   const pager = h("div", { class: "pager" });
   if (back.length || cursor) {
@@ -77,7 +82,7 @@ export async function runsPage(root, signal, params) {
   }
 
   const table = h("table", { class: "grid-table runs", id: "runs-table" },
-    h("thead", {}, h("tr", {}, ["run", "workflow", "status", "why it waits / error", "attempts", "created", "updated"].map((t) => h("th", {}, t)))),
+    h("thead", {}, h("tr", {}, ["run", "workflow", "status", "key", "priority", "why it waits / error", "attempts", "created", "updated"].map((t) => h("th", {}, t)))),
     tbody);
   const empty = h("p", { class: "muted", id: "no-runs", hidden: page.runs.length > 0 }, q ? "No run has that id or idempotency key." : "No runs match.");
   replace(root, h("h2", {}, "Runs"), form, table, empty, pager);
@@ -94,11 +99,12 @@ export async function runsPage(root, signal, params) {
       try { detail = await api(`/api/runs/${encodeURIComponent(id)}`); } catch { continue; }
       if (signal.aborted) return;
       const run = detail.run;
+      const held = detail.held_back;
       const matches = (!status || run.status === status) && (!workflow || run.workflow_name === workflow);
       if (rows.has(id)) {
-        renderRow(run);
+        renderRow(run, held);
       } else if (matches && !cursor && !q) {
-        const tr = renderRow(run);
+        const tr = renderRow(run, held);
         tbody.insertBefore(tr, tbody.firstChild);
         tr.classList.add("flash");
         empty.hidden = true;

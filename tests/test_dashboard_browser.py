@@ -1,8 +1,8 @@
 """The dashboard in a real browser (Debian's headless Chromium, driven by Playwright): start a
 run from the form and watch it appear and finish without a reload, travel back in its
 history, read a failed attempt's error, cancel a sleeping run, signal a waiting one, see the
-live workers and the runs none of them serves, and see that user data is shown as text and
-never runs.
+live workers and the runs none of them serves, see a run's key, priority and schedule and the
+limit that holds it back, and see that user data is shown as text and never runs.
 
 Chromium comes from the system (``apt-get install chromium``), never from a download. Without
 it these tests are skipped loudly on a developer's machine and fail under CI (``CI`` set)."""
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 import ow_es
 from ow_es import Context, RetryPolicy
+from ow_es.schedule import tick_key
 from tests.test_dashboard_api import running_worker, serve_dashboard
 
 CHROMIUM = os.environ.get("OW_ES_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -268,6 +270,53 @@ async def test_workers_page_shows_live_workers_and_flags_unserved_runs(
         await page.locator("#no-workers").wait_for()
         assert await page.locator("#workers-table").count() == 0
         await page.locator('#unserved tr[data-workflow="not-served-here"]').wait_for()
+
+
+async def test_run_pages_show_key_priority_schedule_and_a_run_held_back_by_a_limit(
+    browser: Any, ow: ow_es.OpenWorkflow
+) -> None:
+    await ow.connect()
+    await ow.set_limits("sync", ow_es.Limits(concurrency=1))
+    held = await ow.start("sync", 1, key="tenant-7", priority=5)
+    tick = datetime(2024, 5, 1, 3, tzinfo=UTC)
+    waiting = await ow.start("sync", 2, key="tenant-8", idempotency_key=tick_key("nightly", tick))
+    (claimed,) = await ow.store.claim("w", [("sync", None)], 10, 30)
+    assert claimed.id == held.run_id
+    reason = "held back by a limit: concurrency limit 1 reached"
+    async with serve_dashboard(ow) as url:
+        watched = await new_page(browser)
+        page = watched.page
+        await page.goto(f"{url}/#/runs")
+        row = page.locator(f'#runs-table tr[data-run-id="{waiting.run_id}"]')
+        await row.wait_for()
+        assert await row.locator("td.key").inner_text() == "tenant-8"
+        assert await row.locator("td.priority").inner_text() == "0"
+        assert await row.locator("td.why.held-back").inner_text() == reason
+        holder = page.locator(f'#runs-table tr[data-run-id="{held.run_id}"]')
+        assert await holder.locator("td.priority").inner_text() == "5"
+        assert await holder.locator("td.why.held-back").count() == 0
+
+        await page.goto(f"{url}/#/run/{waiting.run_id}")
+        notice = page.locator("#why-waits.held-back")
+        await notice.wait_for()
+        assert await notice.inner_text() == f"Why it waits: {reason}"
+        assert await notice.is_visible()
+        assert await page.locator("#run-key").inner_text() == "tenant-8"
+        assert await page.locator("#run-priority").inner_text() == "0"
+        assert await page.locator("#run-schedule").inner_text() == "nightly"
+
+        # A limit raised and the run claimed: the page follows, and the notice goes.
+        await ow.set_limits("sync", ow_es.Limits(concurrency=2))
+        (taken,) = await ow.store.claim("w", [("sync", None)], 10, 30)
+        assert taken.id == waiting.run_id
+        await page.locator("#why-waits", has_text="running on worker w").wait_for()
+        assert await page.locator("#why-waits.held-back").count() == 0
+
+        await page.goto(f"{url}/#/run/{held.run_id}")
+        await page.locator("#run-priority", has_text="5").wait_for()
+        assert await page.locator("#run-key").inner_text() == "tenant-7"
+        assert await page.locator("#run-schedule").count() == 0
+        assert watched.errors == [] and watched.dialogs == []
 
 
 async def test_user_data_is_rendered_as_text_and_never_runs(
