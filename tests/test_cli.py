@@ -255,6 +255,9 @@ def test_worker_rejects_bad_settings_in_one_line(db: dict[str, Any], app_dir: Pa
         "heartbeat must be shorter than the lease",
     )
     assert_one_line_error(invoke("worker", f"{module}:charge_x", *db_args(db)), "no attribute")
+    assert_usage_error(
+        invoke("worker", target, "--replay-cache-bytes", "-1", *db_args(db)), "replay-cache-bytes"
+    )
 
 
 # -- runs ----------------------------------------------------------------------------------------

@@ -187,11 +187,11 @@ async def test_unknown_commit_outcome_then_a_failed_reread_appends_nothing_twice
             raise ow_es.StoreUnavailable("simulated: connection lost while committing")
         return outcomes
 
-    async def read_run_events(run_id: str) -> Any:
+    async def read_run_events(run_id: str, after: int = 0) -> Any:
         if faults["reread"]:
             faults["reread"] -= 1
             raise ow_es.StoreUnavailable("simulated: the pool's next connection is dead too")
-        return await real_read(run_id)
+        return await real_read(run_id, after)
 
     store.append = append  # type: ignore[method-assign]
     store.read_run_events = read_run_events  # type: ignore[method-assign]

@@ -63,11 +63,11 @@ async def test_a_history_that_cannot_be_read_hands_the_run_back_at_once(
     real_read = store.read_run_events
     failures = {"left": 1}
 
-    async def read_run_events(run_id: str) -> Any:
+    async def read_run_events(run_id: str, after: int = 0) -> Any:
         if failures["left"]:
             failures["left"] -= 1
             raise ow_es.StoreUnavailable("simulated: the read failed")
-        return await real_read(run_id)
+        return await real_read(run_id, after)
 
     store.read_run_events = read_run_events  # type: ignore[method-assign]
     handle = await napper.start()

@@ -50,6 +50,8 @@ async def test_seq_is_gapless_and_events_read_in_order(ow: ow_es.OpenWorkflow) -
     events = await ow.store.read_run_events("r1")
     assert [e.seq for e in events] == list(range(1, 9))
     assert [e.type for e in events[:3]] == ["run_created", "run_claimed", "step_completed"]
+    assert await ow.store.read_run_events("r1", after=5) == events[5:]  # only the newer ones
+    assert await ow.store.read_run_events("r1", after=8) == []
     run = await ow.store.get_run("r1")
     assert run is not None and run.seq == 8 and run.updated_at == events[-1].created_at
     assert [s.step_name for s in await ow.store.step_attempts("r1")] == [

@@ -101,6 +101,16 @@ def _duration(text: str) -> Duration:
     show_envvar=True,
     help="Serve this worker's Prometheus metrics on this port (/metrics, no authentication).",
 )
+@click.option(
+    "--replay-cache-bytes",
+    type=click.IntRange(min=0),
+    default=64 * 1024 * 1024,
+    show_default=True,
+    envvar="OW_ES_REPLAY_CACHE_BYTES",
+    show_envvar=True,
+    help="Memory for the histories of runs this worker parked, so that its next claim of one"
+    " reads only the newer events (0: off).",
+)
 @connection_options
 def worker(
     conn: Connection,
@@ -114,6 +124,7 @@ def worker(
     log_level: str,
     log_format: str,
     metrics_port: int | None,
+    replay_cache_bytes: int,
 ) -> None:
     """Run a worker for APP: `module:attr` (an ow_es.OpenWorkflow made at import time) or
     `module` (every workflow at its top level). Without APP (or OW_ES_APP), `[tool.ow-es] app`
@@ -130,6 +141,7 @@ def worker(
             heartbeat=None if heartbeat is None else _duration(heartbeat),
             poll_interval=_duration(poll_interval),
             metrics_port=metrics_port,
+            replay_cache_bytes=replay_cache_bytes,
         )
         await serve(client, runner, grace, connect_timeout)
 

@@ -23,6 +23,7 @@ from ow_es.payload import check_name, error_info, from_json_value, to_json_value
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.context import Context, RunInfo, Steps
 from ow_es.runtime.history import History
+from ow_es.runtime.replay_cache import ReplayCache, Replayed, replay
 from ow_es.runtime.unwind import Park, RunLost, Stale
 from ow_es.runtime.writer import RunWriter
 from ow_es.store import Store
@@ -43,6 +44,7 @@ class Settings:
     lease_seconds: float = 30.0
     max_crashes: int = 5  # executor crashes in a row before the run is failed
     max_suspensions: int = 100  # RetryAfter suspensions of one step before one counts
+    replay_cache: ReplayCache | None = None  # the replay states of runs this worker parked
 
 
 class Execution:
@@ -59,6 +61,7 @@ class Execution:
         self.writer = RunWriter(run, settings.committer, settings.store)
         self.append = self.writer.append  # every write goes through the run's submit path
         self.history = History()
+        self._replayed: Replayed | None = None  # the history as read, for the replay cache
         self._names: dict[str, int] = {}  # base name -> last suffix handed out
         self._used: set[str] = set()
         self._parks: list[Park] = []
@@ -140,16 +143,17 @@ class Execution:
 
     async def _load_history(self) -> bool:
         """Read the run's history; False when the run is not ours to execute after all."""
-        if self.run.seq == 2:  # created, then this claim: nothing to replay, skip a read
-            self.history = History(seq=2, claim_token=self.writer.token)
-            return True
+        cache = self.settings.replay_cache
         try:
-            events = await self.settings.store.read_run_events(self.run.id)
+            replayed = await replay(self.settings.store, self.run, cache)
         except StoreUnavailable as exc:
             log.warning("run %s: cannot read its history (%s); releasing it", self.run.id, exc)
             await self._release("its history could not be read")
             return False
-        self.history = History.of(events)
+        self.history = replayed.history
+        if cache is not None:  # kept as read for the cache; the run changes its own copy
+            self._replayed = replayed
+            self.history = replayed.history.copy()
         if self.history.claim_token != self.writer.token:
             log.warning("run %s: its history shows another claim; leaving it", self.run.id)
             return False
@@ -290,6 +294,7 @@ class Execution:
                 ],
                 expect=True,
             )
+            self._parked()
             return
         await self.append([self._failed_event(error_info(exc))])
 
@@ -322,6 +327,12 @@ class Execution:
                 worker_id=worker,
             )
         await self.append([data], expect=True)
+        self._parked()
+
+    def _parked(self) -> None:
+        """We parked the run: keep its history as read for our next claim of it."""
+        if self._replayed is not None and self.settings.replay_cache is not None:
+            self.settings.replay_cache.put(self.run.id, self._replayed)
 
     async def _release(self, reason: str, error: dict[str, Any] | None = None) -> None:
         released = ev.RunReleased(worker_id=self.worker_id, reason=reason, error=error)

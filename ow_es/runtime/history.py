@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 
 from ow_es import events as ev
@@ -37,13 +38,22 @@ class History:
     @classmethod
     def of(cls, events: list[Event]) -> History:
         history = cls()
+        history.extend(events)
+        return history
+
+    def extend(self, events: list[Event]) -> None:
+        """Fold these events (the run's next ones, in order) in."""
         for event in events:
-            history.add(
+            self.add(
                 event.seq,
                 event.created_at,
                 ev.decode_data(event.type, event.schema_version, event.data),
             )
-        return history
+
+    def copy(self) -> History:
+        """A copy that changes apart from this one (the event structs in it are shared:
+        nothing changes them)."""
+        return replace(self, **{f.name: copy.copy(getattr(self, f.name)) for f in fields(self)})
 
     def add(self, seq: int, at: datetime, data: ev.EventData) -> None:
         self.seq = max(self.seq, seq)

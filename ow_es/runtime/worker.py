@@ -20,6 +20,7 @@ from ow_es.metrics import WorkerMetrics
 from ow_es.models import WorkerInfo, WorkflowRun
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
+from ow_es.runtime.replay_cache import ReplayCache
 from ow_es.store.port import ReadyWaiter
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class WorkerOptions(TypedDict, total=False):
     max_crashes: int
     metrics_port: int | None
     metrics: WorkerMetrics | None
+    replay_cache_bytes: int
 
 
 class Worker:
@@ -60,12 +62,17 @@ class Worker:
         max_crashes: int = 5,
         metrics_port: int | None = None,
         metrics: WorkerMetrics | None = None,
+        replay_cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if max_crashes < 1:
             raise ValueError("max_crashes must be at least 1")
         self.max_crashes = max_crashes
+        if replay_cache_bytes < 0:
+            raise ValueError("replay_cache_bytes must be at least 0 (0 turns the cache off)")
+        # The replay states of runs this worker parked (runtime/replay_cache.py); 0: none.
+        self.replay_cache = ReplayCache(replay_cache_bytes) if replay_cache_bytes else None
         # Prometheus metrics (ow_es.metrics), served on metrics_port while the worker runs.
         if metrics is None and metrics_port is not None:
             metrics = WorkerMetrics(port=metrics_port)
@@ -110,6 +117,7 @@ class Worker:
             lease_seconds=self.lease,
             max_crashes=self.max_crashes,
             max_suspensions=self.client.max_suspensions,
+            replay_cache=self.replay_cache,
         )
         self._run_task = asyncio.current_task()
         if handle_signals:

@@ -243,7 +243,9 @@ class Reads(Protocol):
 
     async def step_attempts(self, run_id: str) -> list[StepAttempt]: ...
 
-    async def read_run_events(self, run_id: str) -> list[Event]: ...
+    async def read_run_events(self, run_id: str, after: int = 0) -> list[Event]:
+        """The run's events with a seq above ``after``, in order (all of them by default)."""
+        ...
 
     async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
         """Events committed after checkpoint ``after`` (None: from the start), never passing

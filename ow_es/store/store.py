@@ -134,8 +134,8 @@ class Store:
     async def step_attempts(self, run_id: str) -> list[StepAttempt]:
         return await self.adapter.step_attempts(run_id)
 
-    async def read_run_events(self, run_id: str) -> list[Event]:
-        return await self.adapter.read_run_events(run_id)
+    async def read_run_events(self, run_id: str, after: int = 0) -> list[Event]:
+        return await self.adapter.read_run_events(run_id, after)
 
     async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
         return await self.adapter.read_log(after, limit, barrier=barrier)

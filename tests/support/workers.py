@@ -15,7 +15,13 @@ import ow_es
 async def running_worker(client: ow_es.OpenWorkflow, **options: Any) -> AsyncIterator[ow_es.Worker]:
     """A worker running in the background of this test, stopped (and awaited) at exit."""
     options.setdefault("poll_interval", "200ms")
-    worker = client.worker(**options)
+    async with serving(client.worker(**options)) as worker:
+        yield worker
+
+
+@contextlib.asynccontextmanager
+async def serving(worker: ow_es.Worker) -> AsyncIterator[ow_es.Worker]:
+    """Run this worker in the background of this test; stop (and await) it at exit."""
     task = asyncio.create_task(worker.run())
     ready = asyncio.ensure_future(worker.ready.wait())
     done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)

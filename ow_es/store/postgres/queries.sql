@@ -190,7 +190,7 @@ ORDER BY started_at, step_name, attempt
 
 -- name: run_events
 SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at
-FROM events WHERE namespace_id = %(ns)s AND run_id = %(id)s
+FROM events WHERE namespace_id = %(ns)s AND run_id = %(id)s AND seq > %(after)s
 ORDER BY seq
 
 -- name: read_log

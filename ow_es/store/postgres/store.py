@@ -302,8 +302,8 @@ class PostgresStore:
         rows = await self.fetch(Q["step_attempts"], {"id": run_id}, "reading steps")
         return [codec.step_from_row(r) for r in rows]
 
-    async def read_run_events(self, run_id: str) -> list[Event]:
-        rows = await self.fetch(Q["run_events"], {"id": run_id}, "reading events")
+    async def read_run_events(self, run_id: str, after: int = 0) -> list[Event]:
+        rows = await self.fetch(Q["run_events"], {"id": run_id, "after": after}, "reading events")
         return [codec.event_from_row(r) for r in rows]
 
     async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:

@@ -155,7 +155,7 @@ ORDER BY started_at, step_name, attempt
 
 -- name: run_events
 SELECT namespace_id, run_id, position, seq, type, schema_version, data, created_at
-FROM events WHERE namespace_id = ? AND run_id = ? ORDER BY seq
+FROM events WHERE namespace_id = ? AND run_id = ? AND seq > ? ORDER BY seq
 
 -- name: read_log
 -- Writers are serialised, so positions commit in order and position > last is safe here.

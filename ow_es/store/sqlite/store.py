@@ -236,8 +236,8 @@ class SqliteStore:
         rows = await self.fetch(Q["step_attempts"], (self.namespace, run_id))
         return [codec.step_from_row(r) for r in rows]
 
-    async def read_run_events(self, run_id: str) -> list[Event]:
-        rows = await self.fetch(Q["run_events"], (self.namespace, run_id))
+    async def read_run_events(self, run_id: str, after: int = 0) -> list[Event]:
+        rows = await self.fetch(Q["run_events"], (self.namespace, run_id, after))
         return [codec.event_from_row(r) for r in rows]
 
     async def read_log(self, after: str | None, limit: int, *, barrier: bool = True) -> LogBatch:
