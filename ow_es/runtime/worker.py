@@ -21,6 +21,7 @@ from ow_es.models import WorkerInfo, WorkflowRun
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
 from ow_es.runtime.replay_cache import ReplayCache
+from ow_es.runtime.run_log import log_end
 from ow_es.store.port import ReadyWaiter
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ class Worker:
         if entry is not None and not entry[0].cancelled() and entry[0].exception() is not None:
             log.error("run %s: executor crashed", run_id, exc_info=entry[0].exception())
         elif entry is not None:
-            _log_end(entry[1].writer.last_row)
+            log_end(entry[1].writer.last_row)
         self._slot_freed.set()
 
     async def _register(self, workflows: list[tuple[str, str | None]]) -> None:
@@ -382,23 +383,3 @@ async def _release(leftovers: Leftovers) -> None:
     """Hand these runs back to other workers."""
     releases = [execution.release_after_stop() for _, execution in leftovers]
     await asyncio.gather(*releases, return_exceptions=True)
-
-
-def _log_end(run: WorkflowRun | None) -> None:
-    """One line per run this worker ended, with its facts as fields (for JSON logs)."""
-    if run is None or not run.is_terminal or run.finished_at is None:
-        return
-    started = run.started_at or run.created_at
-    duration_ms = round((run.finished_at - started).total_seconds() * 1000)
-    fields = {
-        "workflow": run.workflow_name,
-        "run_id": run.id,
-        "status": run.status,
-        "duration_ms": duration_ms,
-        "attempts": run.attempts,
-    }
-    log.info(
-        "run %s of %s %s in %d ms (attempt %d)",
-        run.id, run.workflow_name, run.status, duration_ms, run.attempts,
-        extra=fields,
-    )  # fmt: skip
