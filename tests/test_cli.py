@@ -388,6 +388,11 @@ async def test_runs_start_by_name_with_version_key_and_json(
     # No --input: null.
     bare = ok(await ainvoke("runs", "start", "notify", *db_args(db))).strip()
     assert (await (await ow.get_handle(bare)).status()).input is None
+    # Flow control: the key per-key limits count by, and the priority.
+    flow = ["runs", "start", "sync", "--limit-key", "tenant-3", "--priority", "7"]
+    keyed = ok(await ainvoke(*flow, *db_args(db))).strip()
+    run = await (await ow.get_handle(keyed)).status()
+    assert (run.key, run.priority, run.idempotency_key) == ("tenant-3", 7, None)
 
 
 def test_runs_start_usage_errors_exit_2(db: dict[str, Any]) -> None:
@@ -401,6 +406,9 @@ def test_runs_start_usage_errors_exit_2(db: dict[str, Any]) -> None:
         invoke("runs", "start", "x", "--wait", "--timeout", "soon", *db_args(db)), "--timeout"
     )
     assert_usage_error(invoke("signal", "go", "--data", "{", *db_args(db)), "--data")
+    assert_usage_error(
+        invoke("runs", "start", "x", "--priority", "high", *db_args(db)), "--priority"
+    )
 
 
 async def test_runs_start_wait_prints_the_result_or_the_error(

@@ -298,6 +298,9 @@ async def test_start_validates_and_is_idempotent(make_client: Any) -> None:
         again = (await http.post("/api/runs", json={**body, "input": {"n": 2}})).json()["run"]
         assert again["id"] == run["id"] and again["input"] == {"n": 1}
 
+        keyed = await http.post("/api/runs", json={"workflow_name": "c", "key": "t", "priority": 3})
+        assert (keyed.json()["run"]["key"], keyed.json()["run"]["priority"]) == ("t", 3)
+
         deadline = "2030-01-01T00:00:00+00:00"
         later = await http.post("/api/runs", json={"workflow_name": "b", "deadline_at": deadline})
         assert datetime.fromisoformat(later.json()["run"]["deadline_at"]) == datetime(
@@ -314,6 +317,8 @@ async def test_start_validates_and_is_idempotent(make_client: Any) -> None:
                 b'{"workflow_name": "a", "available_at": "next tuesday"}',
                 b'{"workflow_name": "a", "deadline_at": "2030-01-01T00:00:00"}',
                 b'{"workflow_name": "a", "idempotency_key": ""}',
+                b'{"workflow_name": "a", "key": ""}',
+                b'{"workflow_name": "a", "priority": "high"}',
             ],
         }
         for status, bodies in refused.items():

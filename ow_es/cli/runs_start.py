@@ -40,6 +40,21 @@ from ow_es.handle import RunHandle
     help="Idempotency key: the run already started with this key is returned instead.",
 )
 @click.option(
+    "--limit-key",
+    envvar="OW_ES_START_LIMIT_KEY",
+    show_envvar=True,
+    help="The run's key for per-key limits (e.g. a tenant id).",
+)
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    envvar="OW_ES_START_PRIORITY",
+    show_envvar=True,
+    show_default=True,
+    help="Higher is claimed first.",
+)
+@click.option(
     "--wait",
     is_flag=True,
     envvar="OW_ES_START_WAIT",
@@ -64,6 +79,8 @@ def start_run(
     input_: Any,
     version: str | None,
     key: str | None,
+    limit_key: str | None,
+    priority: int,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -81,7 +98,14 @@ def start_run(
 
     async def call() -> None:
         async with open_client(conn) as client:
-            handle = await client.start(workflow, input_, version=version, idempotency_key=key)
+            handle = await client.start(
+                workflow,
+                input_,
+                version=version,
+                idempotency_key=key,
+                key=limit_key,
+                priority=priority,
+            )
             if not wait:
                 run = await handle.status()
                 record = {"run_id": run.id, "workflow": run.workflow_name, "status": run.status}

@@ -175,7 +175,7 @@ def _time(body: dict[str, Any], key: str) -> Any:
 
 async def start_run(request: Request) -> Response:
     """``{"workflow_name", "version"?, "input", "idempotency_key"?, "available_at"?,
-    "deadline_at"?}`` -> ``{"run": {...}}``."""
+    "deadline_at"?, "key"?, "priority"?}`` -> ``{"run": {...}}``."""
     body = await json_body(request)
     client = client_of(request)
     handle = await client.start(
@@ -185,6 +185,8 @@ async def start_run(request: Request) -> Response:
         idempotency_key=optional_str(body, "idempotency_key"),
         available_at=_time(body, "available_at"),
         deadline_at=_time(body, "deadline_at"),
+        key=optional_str(body, "key"),
+        priority=body.get("priority", 0),  # checked by start(): an integer
     )
     changed(request)
     return json_response({"run": await _run(client, handle.run_id)})
