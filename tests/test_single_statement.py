@@ -1,5 +1,6 @@
 """One-statement appends (Postgres): a new run, and the claim owner's append when its row is
-current; the general path when the statement cannot decide; held back by the append gate."""
+current; the general path when the statement cannot decide; held back by the append gate. And
+the claim in one statement, property-tested against the fold of ``run_claimed``."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ow_es
 from ow_es import events as ev
 from ow_es.models import WorkflowRun
-from ow_es.store import Appended, AppendRequest, Store, rules
+from ow_es.projections import apply_run
+from ow_es.store import Appended, AppendRequest, Store, rules, statements, tables
+from ow_es.store.codec import recorded_from_event
 from ow_es.store.postgres.store import PostgresStore
+from ow_es.store.tables import RUNS
 
 
 @pytest.fixture
@@ -264,3 +270,84 @@ async def test_a_batch_writes_each_append_once_whichever_way_it_goes(
         assert [e.data["step_name"] for e in events[2:]] == steps
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [o.first_seq for o in outcomes[:4]] == [3, 4, 3, 4]  # type: ignore[union-attr]
+
+
+# -- the claim in one statement ------------------------------------------------------------
+
+_PAST = datetime(2026, 1, 1, tzinfo=UTC)
+_instants = st.datetimes(
+    min_value=datetime(2025, 1, 1), max_value=datetime(2026, 6, 1), timezones=st.just(UTC)
+)
+
+
+@st.composite
+def claimable_rows(draw: st.DrawFn) -> WorkflowRun:
+    """A ready run in any shape the claim may meet: pending or running, never or already
+    started, parked (a due timer), released, or held under a lease that ran out."""
+    shape = draw(st.sampled_from(["pending", "woken", "timer", "expired"]))
+    held = shape == "expired"
+    return WorkflowRun(
+        namespace_id="",  # set per example
+        id=uuid.uuid4().hex,
+        workflow_name="wf",
+        version=None,
+        status="pending" if shape == "pending" else "running",
+        input=draw(st.sampled_from([None, {"n": 1}, [1, "a"]])),
+        attempts=0 if shape == "pending" else draw(st.integers(1, 5)),
+        key=draw(st.sampled_from([None, "k"])),
+        priority=draw(st.integers(-3, 3)),
+        worker_id="gone" if held else None,
+        claim_token=uuid.uuid4().hex if held else None,
+        lease_until=_PAST if held else None,
+        available_at=None if held else draw(_instants),
+        waiting_for={"kind": "sleep", "step": "s", "until": "x"} if shape == "timer" else None,
+        seq=draw(st.integers(1, 50)),
+        created_at=_PAST,
+        started_at=None if shape == "pending" else draw(st.one_of(st.none(), _instants)),
+        updated_at=_PAST,
+    )
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.lists(claimable_rows(), min_size=1, max_size=6))
+def test_the_one_statement_claim_writes_what_folding_run_claimed_gives(
+    pg_db: dict[str, Any], rows: list[WorkflowRun]
+) -> None:
+    """Random ready rows, claimed in one statement: each returned row, and the live row, equal
+    the fold of its ``run_claimed`` event onto the row before; the event is the claim."""
+    asyncio.run(_claim_and_compare(pg_db, rows))
+
+
+async def _claim_and_compare(pg_db: dict[str, Any], rows: list[WorkflowRun]) -> None:
+    namespace = f"ns-{uuid.uuid4().hex[:10]}"
+    rows = [msgspec.structs.replace(r, namespace_id=namespace) for r in rows]
+    client = await ow_es.connect(pg_db["url"], schema=pg_db["schema"], namespace=namespace)
+    try:
+        store = client.store
+        assert isinstance(store.adapter, PostgresStore) and store.adapter.single is not None
+        with psycopg.connect(pg_db["url"], autocommit=True) as conn:
+            conn.execute(f'SET search_path = "{pg_db["schema"]}"')
+            insert = statements.insert(RUNS, "postgres")
+            conn.cursor().executemany(insert, [tables.values(RUNS, r) for r in rows])
+        claimed = await store.adapter.single.claim("worker-9", [("wf", None)], 10, 30)
+        assert claimed is not None and len(claimed.runs) == len(rows)
+        before = {r.id: r for r in rows}
+        for run in claimed.runs:
+            (event,) = await store.read_run_events(run.id)
+            recorded = recorded_from_event(event)
+            assert run.lease_until is not None
+            assert recorded.data == ev.RunClaimed(
+                worker_id="worker-9", claim_token=run.claim_token or "", lease_until=run.lease_until
+            )
+            folded = apply_run(before[run.id], recorded)
+            assert run == folded
+            assert await store.get_run(run.id) == folded
+        order = [(-r.priority, r.available_at) for r in claimed.runs if r.id in before]
+        fresh = [r for r in claimed.runs if before[r.id].claim_token is None]
+        assert [(-before[r.id].priority, before[r.id].available_at) for r in fresh] == sorted(
+            (-before[r.id].priority, before[r.id].available_at) for r in fresh
+        ), order
+    finally:
+        await client.close()

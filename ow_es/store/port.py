@@ -192,10 +192,12 @@ class Ready:
 
 @dataclass
 class Claimed:
-    """A claim's runs; ``retry_at``: when a full rate window lets the next run start."""
+    """A claim's runs; ``retry_at``: when a full rate window lets the next run start;
+    ``overdue``: ready runs past their deadline it left to ``fail_overdue``."""
 
     runs: list[WorkflowRun]
     retry_at: datetime | None = None
+    overdue: int = 0
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,14 @@ class Single:
 
 
 class OneStatementWrites(Protocol):
-    """The capability to write a planned append in one statement (PostgreSQL)."""
+    """The capability to write a planned append, or a claim, in one statement (PostgreSQL)."""
+
+    async def claim(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+    ) -> Claimed | None:
+        """Claim up to ``limit`` ready runs in one round trip; None where the transaction path
+        must decide (stored limits, the append gate taken)."""
+        ...
 
     async def write_singles(self, singles: Sequence[Single]) -> list[datetime | None]:
         """Write each, in one round trip; the transaction time of those written, None for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from time import monotonic
 from typing import Any
 
 from ow_es.durations import utcnow
@@ -25,6 +26,8 @@ from ow_es.store.port import (
 from ow_es.store.rebuild_port import Rebuilder
 from ow_es.store.schedules_port import Fired
 
+_TRANSACTION_CLAIMS_SECONDS = 5.0  # after a one-statement claim deferred to the rules
+
 
 class Store:
     """One database, one namespace, behind an :class:`~ow_es.store.port.Adapter`."""
@@ -37,6 +40,7 @@ class Store:
         self.retention = adapter.retention  # deleting old run trees, importing archives
         self.schedules = adapter.schedules  # cron schedules (coordination, not the log)
         self.limits = adapter.limits  # the limits in force (coordination, not the log)
+        self._in_transaction_until: dict[tuple[WorkflowKey, ...], float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -72,9 +76,20 @@ class Store:
     async def claim_ready(
         self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
     ) -> Claimed:
-        """Claim up to ``limit`` ready runs (see ``claim_rules.claim``)."""
+        """Claim up to ``limit`` ready runs: in one statement where the adapter can and no
+        served workflow has stored limits, else by the rules in a transaction."""
         if limit <= 0 or not workflows:
             return Claimed(runs=[])
+        served = tuple(sorted(workflows, key=lambda w: (w[0], w[1] or "")))
+        single = self.adapter.single
+        if single is not None and self._in_transaction_until.get(served, 0.0) <= monotonic():
+            claimed = await single.claim(worker_id, workflows, limit, lease_seconds)
+            if claimed is not None:
+                if claimed.overdue:
+                    await self.fail_overdue(worker_id, workflows)
+                return claimed
+            # Limits stored (or a reproject swapping): the rules decide for a while.
+            self._in_transaction_until[served] = monotonic() + _TRANSACTION_CLAIMS_SECONDS
         return await self.adapter.transaction(
             "claiming runs",
             lambda tx: claim_rules.claim(tx, worker_id, workflows, limit, lease_seconds),

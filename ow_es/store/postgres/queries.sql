@@ -48,12 +48,13 @@ NOT coalesce((
 -- name: claim_queued
 -- Runs ready without a timer, by priority then age, through the workflow_runs_queue index:
 -- the filters are written so the planner keeps the index order and stops after LIMIT rows
--- (an exact (name, version) pair test makes it under-estimate and sort the whole backlog).
--- The exact pairs are checked by the caller.
+-- (an exact (name, version) pair test makes it under-estimate and sort the whole backlog,
+-- and so would a due-time range it could take to workflow_runs_ready: "IS TRUE" keeps the
+-- time a filter). The exact pairs are checked by the caller.
 SELECT r.* FROM workflow_runs r
 WHERE r.namespace_id = %(ns)s
   AND r.status IN ('pending', 'running') AND r.waiting_for IS NULL
-  AND r.available_at IS NOT NULL AND r.available_at <= now()
+  AND r.available_at IS NOT NULL AND (r.available_at <= now()) IS TRUE
   AND r.workflow_name = ANY(%(names)s::text[])
   AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
   AND r.id <> ALL(%(taken)s::text[])
@@ -433,3 +434,101 @@ WHERE r.namespace_id = %(ns)s AND r.status IN ('pending', 'running')
   AND r.available_at <= now() AND r.claim_token IS NULL
   AND r.workflow_name IN (SELECT workflow_name FROM run_limits WHERE namespace_id = %(ns)s)
 GROUP BY 1, 2, 3
+
+-- name: claim_in_one
+-- The claim in one statement (store/postgres/claim.py): ready runs by priority then age, then
+-- expired leases, locked SKIP LOCKED; their rows updated as folding run_claimed does; their
+-- events appended; the rows returned. The scans are written as claim_queued's are; the exact
+-- (name, version) pairs, and whether to claim at all, are checked on the locked candidates.
+-- Nothing is claimed, and the flags say why, while the append gate is taken or a served
+-- workflow has stored limits; runs past their deadline are counted for fail_overdue.
+WITH gate AS (SELECT pg_try_advisory_xact_lock_shared(%(gate)s) AS held),
+limited AS (
+    SELECT EXISTS (
+        SELECT 1 FROM run_limits
+        WHERE namespace_id = %(ns)s AND workflow_name = ANY(%(names)s::text[])) AS yes
+),
+free AS (SELECT (SELECT held FROM gate) AND NOT (SELECT yes FROM limited) AS go),
+queued AS (
+    SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at FROM workflow_runs r
+    WHERE r.namespace_id = %(ns)s
+      AND r.status IN ('pending', 'running') AND r.waiting_for IS NULL
+      AND r.available_at IS NOT NULL AND (r.available_at <= now()) IS TRUE
+      AND r.workflow_name = ANY(%(names)s::text[])
+      AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+    ORDER BY r.priority DESC, r.available_at
+    LIMIT %(limit)s
+    FOR UPDATE OF r SKIP LOCKED
+),
+timers AS (
+    SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at FROM workflow_runs r
+    WHERE r.namespace_id = %(ns)s
+      AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
+      AND r.available_at <= now()
+      AND r.workflow_name = ANY(%(names)s::text[])
+      AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+    ORDER BY r.priority DESC, r.available_at
+    LIMIT %(limit)s
+    FOR UPDATE OF r SKIP LOCKED
+),
+expired AS (
+    SELECT r.id, 1 AS tier, 0 AS priority, r.lease_until AS available_at, r.deadline_at
+    FROM workflow_runs r
+    WHERE r.namespace_id = %(ns)s AND r.lease_until < now() AND r.status = 'running'
+      AND r.workflow_name = ANY(%(names)s::text[])
+      AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+    ORDER BY r.lease_until
+    LIMIT %(limit)s
+    FOR UPDATE OF r SKIP LOCKED
+),
+picked AS (
+    SELECT * FROM queued UNION ALL SELECT * FROM timers UNION ALL SELECT * FROM expired
+    ORDER BY tier, priority DESC, available_at
+    LIMIT %(limit)s
+),
+chosen AS (
+    SELECT r.id, row_number() OVER (ORDER BY p.tier, p.priority DESC, p.available_at) AS n
+    FROM picked p JOIN workflow_runs r ON r.namespace_id = %(ns)s AND r.id = p.id
+    WHERE (p.deadline_at IS NULL OR p.deadline_at > now())
+      AND (SELECT go FROM free)
+      AND
+      -- include: served_pair
+),
+run AS (
+    UPDATE workflow_runs w SET
+        status = 'running',
+        worker_id = %(worker)s,
+        claim_token = (%(tokens)s::text[])[c.n],
+        lease_until = now() + make_interval(secs => %(lease)s),
+        available_at = NULL,
+        waiting_for = NULL,
+        started_at = coalesce(w.started_at, now()),
+        attempts = greatest(w.attempts, 1),
+        seq = w.seq + 1,
+        updated_at = now()
+    FROM chosen c
+    WHERE w.namespace_id = %(ns)s AND w.id = c.id
+    RETURNING w.*, c.n AS claim_order
+),
+event AS (
+    INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
+    SELECT namespace_id, id, seq, 'run_claimed', %(schema_version)s,
+           jsonb_build_object(
+               'worker_id', worker_id,
+               'claim_token', claim_token,
+               'lease_until', to_char(lease_until AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
+           now()
+    FROM run
+)
+SELECT run.*, (SELECT held FROM gate) AS gate_held, (SELECT yes FROM limited) AS limited,
+       (SELECT count(*) FROM picked WHERE deadline_at <= now()) AS overdue
+FROM (SELECT 1) AS one LEFT JOIN run ON true
+ORDER BY run.claim_order
+
+-- name: served_pair
+-- The row's exact (name, version) pair is served (a scalar subquery: see within_limits).
+coalesce((
+    SELECT true FROM unnest(%(pairs_names)s::text[], %(pairs_versions)s::text[]) AS p(name, version)
+    WHERE p.name = r.workflow_name AND p.version = coalesce(r.version, '')
+    LIMIT 1), false)

@@ -87,7 +87,9 @@ class PostgresStore:
         self._wake: PostgresWakeChannel | None = None
         self._checking: asyncio.Future[None] | None = None
         self.retry_seconds = retry_seconds  # how long transient failures are retried
-        self.single = OneStatementAppends(self.connection, self.gate_key, self.channels)
+        self.single = OneStatementAppends(
+            self.connection, self.namespace, self.gate_key, self.channels
+        )
         # The adapter's parts beside the log: who serves what, retention, schedules, limits.
         self.registry = PostgresRegistry(self)
         self.retention = PostgresRetention(self)

@@ -1,0 +1,70 @@
+"""The claim in one statement on PostgreSQL: select ready runs (``SKIP LOCKED``), update their
+rows, append their ``run_claimed`` events and return the rows, in one round trip.
+
+The row changes are those of folding ``run_claimed`` (``projections.runs``): a property test
+(``tests/test_single_statement.py``) runs random rows through both and compares them, as for
+the one-statement appends. The statement claims nothing, and the caller takes the transaction
+path (``claim_rules.claim``), when a served workflow has stored limits (admitting runs of a
+limit takes rounds) or the append gate is taken (a reproject is swapping). Ready runs past
+their deadline are left to ``fail_overdue``, which it reports.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, cast
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ow_es import events as ev
+from ow_es.store import codec
+from ow_es.store.named_queries import load
+from ow_es.store.port import Claimed, WorkflowKey
+from ow_es.store.postgres.errors import RETRYABLE
+
+Q = load("postgres")
+_FLAGS = ("gate_held", "limited", "overdue", "claim_order")
+
+
+async def claim(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    namespace: str,
+    gate_key: int,
+    worker_id: str,
+    workflows: Sequence[WorkflowKey],
+    limit: int,
+    lease_seconds: float,
+) -> Claimed | None:
+    """Up to ``limit`` claimed runs; None where the transaction path must decide."""
+    params = {
+        "ns": namespace,
+        "gate": gate_key,
+        "names": sorted({name for name, _ in workflows}),
+        "versions": sorted({version for _, version in workflows if version is not None}),
+        "unversioned": any(version is None for _, version in workflows),
+        "pairs_names": [name for name, _ in workflows],
+        "pairs_versions": [version or "" for _, version in workflows],
+        "worker": worker_id,
+        "tokens": [uuid.uuid4().hex for _ in range(limit)],
+        "lease": lease_seconds,
+        "limit": limit,
+        "schema_version": ev.RunClaimed.SCHEMA_VERSION,
+    }
+    cur = conn.cursor(row_factory=dict_row)
+    try:
+        await cur.execute(cast(Any, Q["claim_in_one"]), params, prepare=True)
+    except RETRYABLE:
+        return None
+    rows = await cur.fetchall()
+    flags = rows[0]
+    if not flags["gate_held"] or flags["limited"]:
+        return None
+    runs = [codec.run_from_row(_run_columns(row)) for row in rows if row["id"] is not None]
+    return Claimed(runs=runs, overdue=int(flags["overdue"]))
+
+
+def _run_columns(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in _FLAGS}
