@@ -10,6 +10,7 @@ backends, to pin the rule down deterministically."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -389,3 +390,34 @@ async def test_a_worker_keeps_claiming_between_repeated_connection_kills(
             assert audit_log(events) == [], describe(events)
     finally:
         await ow.close()
+
+
+async def test_a_one_statement_claim_whose_reply_is_lost_finds_its_runs(
+    pg_client: ow_es.OpenWorkflow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim committed, then the connection failed before its rows came back: the claim
+    tokens it made find the runs it holds, so none waits out a lease nobody holds."""
+    from ow_es.errors import StoreUnavailable
+    from ow_es.store.postgres.store import PostgresStore
+
+    ow = pg_client
+    await ow.connect()
+    ids = {(await ow.start("wf", n)).run_id for n in range(3)}
+    adapter = ow.store.adapter
+    assert isinstance(adapter, PostgresStore)
+    real = adapter.connection
+    lost: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def reply_lost(what: str) -> AsyncIterator[Any]:
+        async with real(what) as conn:
+            yield conn
+        if what == "claiming runs" and not lost:
+            lost.append(what)  # once: the statement ran and committed; its reply is gone
+            raise StoreUnavailable("PostgreSQL unavailable while claiming runs: connection lost")
+
+    monkeypatch.setattr(adapter, "connection", reply_lost)
+    claimed = await ow.store.claim("w-1", [("wf", None)], 10, 30)
+    assert lost and {r.id for r in claimed} == ids
+    assert all(r.worker_id == "w-1" and r.claim_token for r in claimed)
+    assert await ow.store.claim("w-2", [("wf", None)], 10, 30) == []

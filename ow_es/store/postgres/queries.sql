@@ -526,6 +526,11 @@ SELECT run.*, (SELECT held FROM gate) AS gate_held, (SELECT yes FROM limited) AS
 FROM (SELECT 1) AS one LEFT JOIN run ON true
 ORDER BY run.claim_order
 
+-- name: claimed_by_tokens
+-- The runs a one-statement claim whose reply was lost holds (its tokens were made client-side).
+SELECT * FROM workflow_runs
+WHERE namespace_id = %(ns)s AND claim_token = ANY(%(tokens)s::text[]) AND status = 'running'
+
 -- name: served_pair
 -- The row's exact (name, version) pair is served (a scalar subquery: see within_limits).
 coalesce((

@@ -33,8 +33,8 @@ from typing import Any, cast
 import psycopg
 
 from ow_es.store import codec, statements, tables
-from ow_es.store.port import Claimed, Single, WorkflowKey
-from ow_es.store.postgres.claim import claim as one_statement_claim
+from ow_es.store.port import Single
+from ow_es.store.postgres.claim import OneStatementClaims
 from ow_es.store.postgres.errors import RETRYABLE
 from ow_es.store.postgres.wake import Channels
 from ow_es.store.tables import EVENTS, RUNS, STEPS, Table
@@ -47,26 +47,12 @@ class OneStatementAppends:
     """Writes planned appends, one statement each (see ``port.OneStatementWrites``)."""
 
     def __init__(
-        self, connection: Connect, namespace: str, gate_key: int, channels: Channels
+        self, connection: Connect, gate_key: int, channels: Channels, claims: OneStatementClaims
     ) -> None:
         self._connection = connection
-        self._namespace = namespace
         self._gate_key = gate_key
         self._channels = channels
-
-    async def claim(
-        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
-    ) -> Claimed | None:
-        async with self._connection("claiming runs") as conn:
-            return await one_statement_claim(
-                conn,
-                namespace=self._namespace,
-                gate_key=self._gate_key,
-                worker_id=worker_id,
-                workflows=workflows,
-                limit=limit,
-                lease_seconds=lease_seconds,
-            )
+        self.claim = claims.claim  # the claim in one statement (store/postgres/claim.py)
 
     async def write_singles(self, singles: Sequence[Single]) -> list[datetime | None]:
         """Alone in autocommit, or several in one pipelined transaction (in the order given,

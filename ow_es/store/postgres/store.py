@@ -25,15 +25,9 @@ from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
 from ow_es.store import codec
 from ow_es.store.failure import first_line
 from ow_es.store.named_queries import load
-from ow_es.store.port import (
-    Backlog,
-    LogBatch,
-    MinuteCount,
-    PoolStats,
-    Primitives,
-    WorkflowKey,
-)
+from ow_es.store.port import Backlog, LogBatch, MinuteCount, PoolStats, Primitives, WorkflowKey
 from ow_es.store.postgres import schema
+from ow_es.store.postgres.claim import OneStatementClaims
 from ow_es.store.postgres.errors import RETRYABLE, translate
 from ow_es.store.postgres.limits import PostgresLimits
 from ow_es.store.postgres.registry import PostgresRegistry
@@ -88,7 +82,7 @@ class PostgresStore:
         self._checking: asyncio.Future[None] | None = None
         self.retry_seconds = retry_seconds  # how long transient failures are retried
         self.single = OneStatementAppends(
-            self.connection, self.namespace, self.gate_key, self.channels
+            self.connection, self.gate_key, self.channels, OneStatementClaims(self)
         )
         # The adapter's parts beside the log: who serves what, retention, schedules, limits.
         self.registry = PostgresRegistry(self)
