@@ -42,4 +42,30 @@ async def sequential(ctx: Context, steps: int) -> int:
     return steps
 
 
-ALL: tuple[ow_es.Workflow[object], ...] = (noop4, first_step_clock, sequential)
+SEED_STEPS = 6
+
+
+@ow_es.workflow(name="bench-seed-done")
+async def seed_done(ctx: Context) -> int:
+    """(f) the shape of the seeded terminal runs (seed.sql writes their history directly)."""
+    for index in range(SEED_STEPS):
+        await ctx.step.run(f"noop-{index}", _noop)
+    return SEED_STEPS
+
+
+@ow_es.workflow(name="bench-seed-sleep")
+async def seed_sleep(ctx: Context) -> int:
+    """(f) the shape of the seeded parked runs: six steps, then a sleep of a year."""
+    for index in range(SEED_STEPS):
+        await ctx.step.run(f"noop-{index}", _noop)
+    await ctx.step.sleep("nap", "365d")
+    return SEED_STEPS
+
+
+ALL: tuple[ow_es.Workflow[object], ...] = (
+    noop4,
+    first_step_clock,
+    sequential,
+    seed_done,
+    seed_sleep,
+)
