@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import ow_es
 from ow_es import Context
@@ -42,6 +43,19 @@ async def sequential(ctx: Context, steps: int) -> int:
     return steps
 
 
+@ow_es.workflow(name="bench-long", max_step_attempts=1_000_000)
+async def long_history(ctx: Context, spec: dict[str, float]) -> int:
+    """(g) ``steps`` no-op steps; after every ``every``-th one the run sleeps ``sleep_ms`` (long
+    enough to park: a sleep already due when it is recorded completes without parking)."""
+    steps, every = int(spec["steps"]), int(spec["every"])
+    nap = timedelta(milliseconds=spec["sleep_ms"])
+    for index in range(1, steps + 1):
+        await ctx.step.run(f"step-{index}", _noop)
+        if index % every == 0:
+            await ctx.step.sleep(f"nap-{index}", nap)
+    return steps
+
+
 SEED_STEPS = 6
 
 
@@ -66,6 +80,7 @@ ALL: tuple[ow_es.Workflow[object], ...] = (
     noop4,
     first_step_clock,
     sequential,
+    long_history,
     seed_done,
     seed_sleep,
 )
