@@ -13,7 +13,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -28,83 +27,87 @@ BATCH = 10_000  # runs per statement (one transaction)
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
 
-@dataclass
-class Seeded:
-    runs: int
-    terminal: int
-    parked: int
-    events: int
-    step_attempts: int
-    seconds: float  # writing them
-    vacuum_seconds: float  # VACUUM (ANALYZE) of the three tables afterwards
-
-
 def statements() -> dict[str, str]:
     parts = _HEADER.split(SQL_FILE.read_text())
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
+def parked_among(runs: int, park_every: int) -> int:
+    """Parked runs among the first ``runs`` (run i is parked when i % park_every is the last)."""
+    return runs // park_every
+
+
 def events_for(runs: int, park_every: int) -> int:
-    parked = runs // park_every
+    parked = parked_among(runs, park_every)
     return (runs - parked) * 9 + parked * 10
 
 
-async def seed(
-    url: str,
-    schema: str,
-    namespace: str,
-    *,
-    runs: int = 110_000,
-    park_every: int = 11,
-    progress: Callable[[str], None] = lambda _: None,
-) -> Seeded:
-    """Write ``runs`` runs into ``namespace`` (every ``park_every``-th parked), then VACUUM
-    (ANALYZE) the tables, as a production database's autovacuum would have."""
-    queries = statements()
-    counts = {"runs": 0, "steps": 0, "events": 0}
-    began = time.perf_counter()
-    async with await psycopg.AsyncConnection.connect(
-        url, options=f"-c search_path={schema}", connect_timeout=10
-    ) as conn:
-        await conn.execute(cast(Any, queries["functions"]))
+class Seeder:
+    """Writes ``total`` runs into ``namespace``, in as many steps as asked (``seed_until``):
+    the whole history's times are fixed at the start, so a history seeded in steps is the
+    same as one seeded at once. Each step ends with VACUUM (ANALYZE) of the tables, as a
+    production database's autovacuum would have done."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        namespace: str,
+        *,
+        total: int = 110_000,
+        park_every: int = 11,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.url, self.schema, self.namespace = url, schema, namespace
+        self.total, self.park_every = total, park_every
+        self.progress = progress
+        self.written = 0  # runs written so far
+        self.events = 0
+        self.seconds = 0.0  # writing and vacuuming, so far
+        self._params: dict[str, Any] | None = None
+
+    async def seed_until(self, runs: int) -> None:
+        runs = min(runs, self.total)
+        if runs <= self.written:
+            return
+        began = time.perf_counter()
+        queries = statements()
+        async with await psycopg.AsyncConnection.connect(
+            self.url, options=f"-c search_path={self.schema}", connect_timeout=10
+        ) as conn:
+            await conn.execute(cast(Any, queries["functions"]))
+            params = self._params or await self._times(conn)
+            for first in range(self.written, runs, BATCH):
+                last = min(first + BATCH, runs) - 1
+                cur = await conn.execute(
+                    cast(Any, queries["batch"]), {**params, "first": first, "last": last}
+                )
+                written = await cur.fetchone()
+                assert written is not None
+                await conn.commit()
+                self.written = last + 1
+                self.events += int(written[2])
+                self.progress(
+                    f"(f) seeded {self.written:,}/{self.total:,} runs, {self.events:,} events"
+                )
+        await vacuum(self.url, self.schema)
+        self.seconds += time.perf_counter() - began
+
+    async def _times(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
         cur = await conn.execute("SELECT now()")
         row = await cur.fetchone()
         assert row is not None
         now = row[0]
-        base = now - timedelta(seconds=runs * SPACING_SECONDS + 3600)
-        params: dict[str, Any] = {
-            "ns": namespace,
-            "salt": f"{namespace}:{secrets.token_hex(4)}",
-            "park_every": park_every,
-            "base": base,
+        self._params = {
+            "ns": self.namespace,
+            "salt": f"{self.namespace}:{secrets.token_hex(4)}",
+            "park_every": self.park_every,
+            "base": now - timedelta(seconds=self.total * SPACING_SECONDS + 3600),
             "spacing": SPACING_SECONDS,
             "wake": now + timedelta(days=365),
             "worker": WORKER_ID,
         }
-        for first in range(0, runs, BATCH):
-            last = min(first + BATCH, runs) - 1
-            cur = await conn.execute(
-                cast(Any, queries["batch"]), {**params, "first": first, "last": last}
-            )
-            written = await cur.fetchone()
-            assert written is not None
-            await conn.commit()
-            for name, value in zip(("runs", "steps", "events"), written, strict=True):
-                counts[name] += int(value)
-            progress(f"(f) seeded {counts['runs']:,}/{runs:,} runs, {counts['events']:,} events")
-    seconds = time.perf_counter() - began
-    began = time.perf_counter()
-    await vacuum(url, schema)
-    parked = runs // park_every
-    return Seeded(
-        runs=counts["runs"],
-        terminal=counts["runs"] - parked,
-        parked=parked,
-        events=counts["events"],
-        step_attempts=counts["steps"],
-        seconds=seconds,
-        vacuum_seconds=time.perf_counter() - began,
-    )
+        return self._params
 
 
 async def vacuum(url: str, schema: str) -> None:
