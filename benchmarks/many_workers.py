@@ -1,10 +1,14 @@
-"""(h) many workers: 1, 2, 4 and 8 worker processes on one backlog.
+"""(h) many workers: 1, 2, 4 and 8 worker processes on one backlog, and on a trickle.
 
-The workers are started first and left idle (listening); then the backlog is started through
-``start()`` as fast as the client goes (100 calls at a time), so every run's NOTIFY reaches
-every worker while they drain it: a thundering herd shows as claims that found nothing. Each
-worker counts its own claims from the inside (worker_app.py wraps ``store.claim``).
-Throughput: runs / (first claim -> last end), database times, as in (a).
+Each worker counts its own claims from the inside (worker_app.py wraps ``store.claim``), so
+the claims that found nothing are counted exactly. Two shapes, each with fresh processes:
+
+* a backlog: the workers are started and left idle (listening), then the backlog is started
+  through ``start()`` as fast as the client goes (100 calls at a time) while they drain it.
+  Throughput: runs / (first claim -> last end), database times, as in (a). Busy workers with
+  every slot taken do not answer wake-ups, so this shape hides most of a herd;
+* a trickle: runs started one at a time at a steady pace (as in (b)) on idle workers, so that
+  every NOTIFY finds every worker free to answer it: a thundering herd shows here in full.
 """
 
 from __future__ import annotations
@@ -13,19 +17,23 @@ import asyncio
 from collections.abc import Sequence
 
 import bench_workflows
-from phases import drain_window, per, runs_of, start_backlog, wait_finished
+from phases import drain_window, paced_starts, per, runs_of, start_backlog, wait_finished
 from records import ManyWorkers, WorkerCount
 from target import Target, client
-from workers import claim_counts, worker_processes
+from workers import WorkerProcess, claim_counts, worker_processes
 
 
-async def _count(
+async def _ready(processes: Sequence[WorkerProcess]) -> None:
+    await asyncio.gather(*(process.wait_ready(timeout=60) for process in processes))
+    await asyncio.sleep(0.5)  # let them settle into their idle wait
+
+
+async def _backlog(
     target: Target, namespace: str, workers: int, runs: int, concurrency: int
 ) -> WorkerCount:
     async with client(target, namespace) as ow:
         async with worker_processes(target, namespace, concurrency, workers) as processes:
-            await asyncio.gather(*(process.wait_ready(timeout=60) for process in processes))
-            await asyncio.sleep(0.5)  # let them settle into their idle wait
+            await _ready(processes)
             ids, start_seconds = await start_backlog(ow, bench_workflows.noop4, runs)
             await wait_finished(ow, ids, alive=processes)
         done = await runs_of(ow, ids)
@@ -47,6 +55,21 @@ async def _count(
     )
 
 
+async def _trickle(
+    target: Target, namespace: str, workers: int, runs: int, rate: float, concurrency: int
+) -> tuple[int, int] | None:
+    """(claims, empty claims) of ``workers`` idle workers while runs start at ``rate``/s."""
+    async with (
+        client(target, namespace) as ow,
+        worker_processes(target, namespace, concurrency, workers) as processes,
+    ):
+        await _ready(processes)
+        samples = await paced_starts(ow, bench_workflows.noop4, runs, rate)
+        await wait_finished(ow, [s.handle.run_id for s in samples], alive=processes)
+    counts = claim_counts(processes)
+    return None if counts is None else (counts[0], counts[1])
+
+
 async def measure(
     target: Target,
     namespace: str,
@@ -54,10 +77,16 @@ async def measure(
     counts: Sequence[int] = (1, 2, 4, 8),
     runs: int = 2000,
     concurrency: int = 25,
+    trickle_runs: int = 100,
+    rate: float = 20.0,
 ) -> ManyWorkers:
-    result = ManyWorkers(runs=runs, concurrency=concurrency)
+    result = ManyWorkers(runs=runs, concurrency=concurrency, trickle_runs=trickle_runs, rate=rate)
     for workers in counts:
-        result.counts.append(
-            await _count(target, f"{namespace}-w{workers}", workers, runs, concurrency)
+        count = await _backlog(target, f"{namespace}-w{workers}", workers, runs, concurrency)
+        trickle = await _trickle(
+            target, f"{namespace}-t{workers}", workers, trickle_runs, rate, concurrency
         )
+        if trickle is not None:
+            count.trickle_claims, count.trickle_empty_claims = trickle
+        result.counts.append(count)
     return result

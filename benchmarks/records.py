@@ -226,6 +226,9 @@ class WorkerCount:
     empty_claims: int | None
     claimed: int | None  # runs the claims returned
     worker_cpu_ms_per_run: float | None  # all the workers' CPU (READY -> exit) per run
+    # The trickle: ManyWorkers.trickle_runs started one at a time on idle workers.
+    trickle_claims: int | None = None
+    trickle_empty_claims: int | None = None
 
     @property
     def claims_per_run(self) -> float | None:
@@ -236,11 +239,16 @@ class WorkerCount:
         """Claims that found nothing per run started (the target: <= 1 at 8 workers)."""
         return None if self.empty_claims is None else self.empty_claims / self.runs
 
+    def trickle_empty_per_run(self, runs: int) -> float | None:
+        return None if self.trickle_empty_claims is None else self.trickle_empty_claims / runs
+
 
 @dataclass
 class ManyWorkers:
-    runs: int
+    runs: int  # the backlog
     concurrency: int  # per worker
+    trickle_runs: int  # the trickle: runs started one at a time ...
+    rate: float  # ... this many per second
     counts: list[WorkerCount] = field(default_factory=list)
 
     def at(self, workers: int) -> WorkerCount | None:
