@@ -1,11 +1,14 @@
 """(g) long histories: the cost of a wake-up as a run's history grows.
 
-One run of a 1,000-step workflow that sleeps (a few milliseconds: long enough to park) every 10
-steps is served by a worker process; each of its 100 wake-ups is measured from its history:
+One run of a 1,000-step workflow that sleeps every 10 steps is served by a worker process; each
+of its 100 wake-ups is measured from its history:
 from the ``run_claimed`` event (the claim transaction's time) to the next event, the sleep
 step's record (the time of the append that follows the history read and the replay). Both are
 database times. When the installed ow_es's worker takes ``replay_cache_bytes`` (a worker-local
 cache of the replay state of runs it parked), the run is measured with the cache off and on.
+
+The sleep lasts 20 ms: a sleep already due when its start is recorded completes at once without
+parking, so one of 0 or 1 ms would measure (almost) no wake-up; only sleeps that parked count.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ async def _variant(
 
 
 async def measure(
-    target: Target, namespace: str, *, steps: int = 1000, every: int = 10, sleep_ms: float = 5.0
+    target: Target, namespace: str, *, steps: int = 1000, every: int = 10, sleep_ms: float = 20.0
 ) -> LongHistory:
     spec = {"steps": float(steps), "every": float(every), "sleep_ms": sleep_ms}
     supported = supports_replay_cache()
