@@ -1,6 +1,6 @@
 """(h) many workers: 1, 2, 4 and 8 worker processes on one backlog, and on a trickle.
 
-Each worker counts its own claims from the inside (worker_app.py wraps ``store.claim``), so
+Each worker counts its own claims from the inside (worker_app.py wraps the store's claim), so
 the claims that found nothing are counted exactly. Two shapes, each with fresh processes:
 
 * a backlog: the workers are started and left idle (listening), then the backlog is started

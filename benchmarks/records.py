@@ -34,7 +34,7 @@ class Throughput:
     wall_seconds_from_spawn: float  # process spawn (imports, connect) -> last run finished
     worker_cpu_ms_per_run: float | None  # worker process CPU (READY -> exit) per run
     postgres_cpu_ms_per_run: float | None  # CPU of the server backends serving the worker
-    claims_per_run: float | None = None  # the worker's store.claim calls (worker_app.py)
+    claims_per_run: float | None = None  # the worker's claim calls (worker_app.py)
     empty_claims_per_run: float | None = None  # ... of which found nothing
 
 

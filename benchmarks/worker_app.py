@@ -4,7 +4,7 @@ Run by bench.py; prints ``READY <cpu seconds>`` on stdout once the worker has ma
 claim, stops gracefully on SIGTERM/SIGINT, then prints ``EXIT <cpu seconds>`` (the process's CPU
 time, all threads). Plain Python, no ``ow-es`` command needed.
 
-With ``--stats FILE`` it counts its claims from the inside: ``client.store.claim`` is wrapped,
+With ``--stats FILE`` it counts its claims from the inside: the store's claim method is wrapped,
 so every claim the worker loop makes is seen, with how many runs it returned and when it was
 called and returned (``time.time()``, per claimed run); the counts are written to FILE as JSON
 at exit (see ``ClaimCounter``).
@@ -41,20 +41,25 @@ def supports_replay_cache() -> bool:
 
 class ClaimCounter:
     """Counts the claims of one store: calls, claims that found nothing, runs claimed, and
-    for each claimed run when its claim was called and when it returned."""
+    for each claimed run when its claim was called and when it returned.
+
+    It wraps the method the worker loop calls: ``claim_ready`` (which returns the runs with
+    when to try again) where the store has it, else ``claim`` (which returns the runs)."""
 
     def __init__(self, store: Any) -> None:
         self.calls = 0
         self.empty = 0
         self.runs = 0
         self.times: dict[str, tuple[float, float]] = {}
-        self._claim = store.claim
-        store.claim = self.claim  # an instance attribute: the worker loop calls this one
+        name = "claim_ready" if hasattr(store, "claim_ready") else "claim"
+        self._claim = getattr(store, name)
+        setattr(store, name, self.claim)  # an instance attribute: the worker calls this one
 
     async def claim(self, *args: Any, **kwargs: Any) -> Any:
         called = time.time()
-        runs = await self._claim(*args, **kwargs)
+        result = await self._claim(*args, **kwargs)
         returned = time.time()
+        runs = getattr(result, "runs", result)
         self.calls += 1
         self.runs += len(runs)
         if not runs:
@@ -62,7 +67,7 @@ class ClaimCounter:
         if len(self.times) < TIMES_KEPT:
             for run in runs:
                 self.times[run.id] = (called, returned)
-        return runs
+        return result
 
     def dump(self, path: Path) -> None:
         stats = {"calls": self.calls, "empty": self.empty, "runs": self.runs, "times": self.times}
