@@ -136,7 +136,29 @@ def seeded(postgres_url: str | None) -> Iterator[Seeded]:
 
 
 def _claim(_: Seeded) -> dict[str, Any]:
-    return {"ns": NAMESPACE, "names": SERVED, "versions": [], "unversioned": True, "limit": 10}
+    """The parameters of every claim statement (each takes those it names)."""
+    return {
+        "ns": NAMESPACE,
+        "names": SERVED,
+        "versions": [],
+        "unversioned": True,
+        "limit": 10,
+        "taken": [],
+        "key_names": [],
+        "keys": [],
+    }
+
+
+def _claim_statements() -> list[str]:
+    """The claim's statements as the adapter now names them: ``claim`` and ``claim_*`` (but
+    ``claim_signal_key``, a signal's idempotency key, claims no run)."""
+    names = [
+        name
+        for name in load("postgres")
+        if (name == "claim" or name.startswith("claim_")) and name != "claim_signal_key"
+    ]
+    assert names, "no claim statement (claim, claim_*) in the adapter's queries.sql"
+    return names
 
 
 def _served(_: Seeded) -> dict[str, Any]:
@@ -191,10 +213,8 @@ class Case:
 
 
 CASES = [
-    Case("claim_due", "claim_due", _claim),
-    Case("claim_due-generic", "claim_due", _claim, generic=True),
-    Case("claim_expired", "claim_expired", _claim),
-    Case("claim_expired-generic", "claim_expired", _claim, generic=True),
+    *(Case(name, name, _claim) for name in _claim_statements()),
+    *(Case(f"{name}-generic", name, _claim, generic=True) for name in _claim_statements()),
     Case("next_wake_at", "next_wake_at", _served),
     Case("history", "run_events", _run_events),
     Case("list_runs", "list_runs", _list()),
@@ -219,6 +239,8 @@ def _explain(conn: psycopg.Connection[Any], case: Case, seeded: Seeded) -> tuple
     """The JSON plan and its text form, of the statement with these parameters."""
     query = load("postgres")[case.query]
     params = case.params(seeded)
+    unknown = set(_PLACEHOLDER.findall(query)) - set(params)
+    assert not unknown, f"{case.query} takes parameters this test does not give: {unknown}"
     if not case.generic:
         literal = psycopg.ClientCursor(conn).mogrify(query, params)
         (plan,) = _row(conn, f"EXPLAIN (FORMAT JSON) {literal}")
