@@ -34,6 +34,11 @@ def _where_the_time_goes(result: Report) -> list[str]:
                 if d is not None
                 else ""
             )
+            + (
+                f" pgqueuer took {result.pgqueuer.p50_ms:.2f} ms (enqueue to its job starting)."
+                if result.pgqueuer is not None
+                else ""
+            )
         )
     if c is not None:
         cpu = ""
@@ -52,6 +57,20 @@ def _where_the_time_goes(result: Report) -> list[str]:
             "empty-database figures (the same namespace, measured minutes apart: this "
             "machine's run-to-run noise is of the same order)."
         )
+    h = result.many
+    eight, one = (h.at(8), h.at(1)) if h is not None else (None, None)
+    if h is not None and eight is not None:
+        alone = ""
+        if one is not None:
+            alone = (
+                f"; one worker alone made {table.num(one.trickle_empty_per_run(h.trickle_runs))}"
+            )
+        lines.append(
+            f"(h) With 8 worker processes, "
+            f"{table.num(eight.trickle_empty_per_run(h.trickle_runs))} claims per run started "
+            f"found nothing when runs came one at a time ({h.rate:g}/s){alone}; on a backlog, "
+            f"{table.num(eight.empty_per_run)}."
+        )
     if result.long is not None and result.long.variants:
         for v in result.long.variants:
             lines.append(
@@ -64,7 +83,7 @@ def _where_the_time_goes(result: Report) -> list[str]:
 
 def _section(result: Report, folder: Path, prefix: str, page: Path) -> list[str]:
     out = [f"## {result.backend}", "", f"`{table_server(result)}`", ""]
-    out += ["### Summary", "", table.summary_markdown(result), ""]
+    out += ["### Summary (the README's table)", "", table.summary_markdown(result), ""]
     out += ["### Where the time goes", "", *(f"{line}\n" for line in _where_the_time_goes(result))]
     reason = plots.available()
     if reason is None:
