@@ -31,21 +31,23 @@ async def runs_of(ow: ow_es.OpenWorkflow, ids: Sequence[str]) -> list[ow_es.Work
 async def wait_finished(
     ow: ow_es.OpenWorkflow, ids: Sequence[str], alive: Sequence[object] = (), poll: float = 0.1
 ) -> None:
-    """Until every one of these runs is terminal: a cheap poll, by primary key, of the oldest
-    runs not yet seen finished (runs end roughly in the order they were started), so that its
-    cost does not depend on how many other runs the tables hold. ``alive``: worker processes
-    that must not exit meanwhile."""
+    """Until every one of these runs is terminal. A light poll, so as not to weigh on what is
+    measured: one primary-key read of the last run started every ``poll`` seconds (runs end
+    roughly in the order they were started); once it has ended, the rest are read (100 at a
+    time) and the poll goes on with those still running. Its cost does not depend on how many
+    other runs the tables hold. ``alive``: worker processes that must not exit meanwhile."""
     pending = list(ids)
     while pending:
         for worker in alive:
             if getattr(worker, "exited", False):
                 raise RuntimeError(f"a worker exited early; see {getattr(worker, 'log', '?')}")
-        head = await runs_of(ow, pending[:20])
-        done = {run.id for run in head if run.status in TERMINAL}
-        if done:
+        last = await ow.store.get_run(pending[-1])
+        if last is not None and last.status in TERMINAL:
+            done = {run.id for run in await runs_of(ow, pending) if run.status in TERMINAL}
             pending = [run_id for run_id in pending if run_id not in done]
-        else:
-            await asyncio.sleep(poll)
+            if not pending:
+                return
+        await asyncio.sleep(poll)
 
 
 async def start_backlog(
