@@ -391,13 +391,17 @@ def details(report: Report) -> str:
 SUMMARY_HEADER = ("measurement", "ow-es", "floor or peer (same run)", "ratio", "target", "met")
 
 
+def _digits(value: float) -> int:
+    return 0 if abs(value) >= 1000 else 1 if abs(value) >= 100 else 2
+
+
 def _summary_cells(line: Judged) -> tuple[str, str, str, str, str, str]:
-    digits = 1 if line.unit == "" and (line.value or 0) >= 100 else 2
-    value = f"{num(line.value, digits)} {line.unit}".rstrip() if line.value is not None else "-"
+    value = "-"
+    if line.value is not None:
+        value = f"{num(line.value, _digits(line.value))} {line.unit}".rstrip()
     reference = ""
     if line.reference is not None:
-        ref_digits = 1 if line.reference >= 100 else 2
-        reference = f"{num(line.reference, ref_digits)} {line.reference_label}"
+        reference = f"{num(line.reference, _digits(line.reference))} {line.reference_label}"
     met = {True: "yes", False: "NO", None: "-"}[line.met]
     return (line.measurement, value, reference, times(line.ratio), line.target, met)
 
