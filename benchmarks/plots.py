@@ -83,30 +83,43 @@ def long_history(g: LongHistory, path: Path) -> Path:
 def many_workers(h: ManyWorkers, path: Path) -> Path:
     figure, ax = _figure()
     workers = [c.workers for c in h.counts]
-    ax.plot(workers, [c.workflows_per_s for c in h.counts], "o-", color="tab:blue")
+    lines = ax.plot(
+        workers,
+        [c.workflows_per_s for c in h.counts],
+        "o-",
+        color="tab:blue",
+        label="workflows/s, backlog",
+    )
     ax.set_xlabel("worker processes")
     ax.set_ylabel("workflows/s", color="tab:blue")
     ax.set_xticks(workers)
     ax.set_ylim(bottom=0)
     empty = ax.twinx()
-    empty.plot(
+    lines += empty.plot(
         workers,
         [c.empty_per_run or 0.0 for c in h.counts],
         "s--",
         color="tab:red",
         label="empty claims per run, backlog",
     )
-    empty.plot(
+    lines += empty.plot(
         workers,
         [c.trickle_empty_per_run(h.trickle_runs) or 0.0 for c in h.counts],
         "^:",
         color="tab:orange",
-        label=f"... runs started at {h.rate:g}/s",
+        label=f"empty claims per run, {h.rate:g} starts/s",
     )
-    empty.legend(loc="upper left", fontsize="small")
     empty.axhline(TARGET_EMPTY_CLAIMS, color="tab:red", linestyle=":", linewidth=0.8)
     empty.set_ylabel("empty claims per run started", color="tab:red")
     empty.set_ylim(bottom=0)
+    ax.legend(
+        lines,
+        [line.get_label() for line in lines],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=3,
+        fontsize="small",
+    )
     ax.set_title(f"(h) {h.runs:,} runs, {h.concurrency} slots per worker")
     return _save(figure, path)
 
