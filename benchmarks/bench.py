@@ -1,14 +1,18 @@
-"""ow-es benchmark: throughput, latency, per-step cost, and the raw floor of the same database.
+"""ow-es benchmark: throughput, latency, per-step cost and how they hold up, beside the raw floor
+of the same database and its peers, in one run.
 
     python benchmarks/bench.py --database-url postgresql://postgres@127.0.0.1:5432/test \
-        [--only a,b,c,d,e] [--json-out results.json]
+        [--only a,b,c,d,...] [--with-sqlite] [--report docs/performance.md] [--json-out FILE]
 
-(a) throughput: runs of a 4-step no-op workflow, all started first, then drained by one worker
-    process (concurrency 100); (b) enqueue -> first step latency at a steady rate on an idle
-    worker process; (c) one run of many sequential no-op steps; (d) the floor: bare psycopg on
-    the same database (job queue with SKIP LOCKED, insert+commit, LISTEN/NOTIFY); (e) how fast
-    ``reproject()`` folds a sizeable event log into fresh projections. Everything
-    lives in a fresh schema ``bench_<random>`` dropped at the end; durability is never lowered.
+(a) throughput: 4-step no-op workflows, all started first, then drained by one worker process;
+(b) enqueue -> first step latency on an idle worker process, split into its parts; (c) one run
+of many sequential steps; (d) the floor: bare psycopg on the same database; pgqueuer and dbos:
+the peers on the same database (skipped when not installed); (e) ``reproject()`` over a
+sizeable log; (g) the cost of a wake-up as a run's history grows to 1,000 steps; (h) 1, 2, 4
+and 8 worker processes on one backlog, with the claims that found nothing; (i) start -> first
+step with the worker in the client's process; (f) (a)-(c) again as 1,000,000 events of history
+are seeded. Everything lives in fresh schemas ``bench_<random>*`` dropped at the end (SQLite:
+a fresh file); durability is never lowered.
 """
 
 from __future__ import annotations
@@ -28,58 +32,115 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import competitor_dbos
+import competitor_pgqueuer
 import floor
+import inproc
+import long_history
+import many_workers
 import phases
 import psycopg
 import rebuild
 import report
+import report_page
+import scale
+import table
 from psycopg import sql
+from target import Skipped, Target, client, create_schema, drop_schema, progress
 
 import ow_es
 
-PHASES = ("a", "b", "c", "d", "e")
+# The order they run in: the peers right after ow-es's own (a)-(d), so that the comparisons are
+# measured close together; (f) last, in a schema of its own.
+PHASES = ("a", "b", "c", "d", "pgqueuer", "dbos", "e", "g", "h", "i", "f")
+POSTGRES_ONLY = {
+    "d": "the raw floor is measured on PostgreSQL only",
+    "pgqueuer": "pgqueuer runs on PostgreSQL only",
+    "dbos": "DBOS is measured on PostgreSQL only",
+    "f": "the seeder (seed.sql) writes PostgreSQL",
+    "h": "the thundering herd is a PostgreSQL NOTIFY matter (SQLite workers poll)",
+}
+SQLITE_PHASES = ("a", "b", "c", "i")  # with --with-sqlite: the issue's item 8
+FIELDS = {
+    "a": "throughput",
+    "b": "latency",
+    "c": "sequential",
+    "d": "floor",
+    "e": "rebuild",
+    "f": "scale",
+    "g": "long",
+    "h": "many",
+    "i": "inproc",
+    "pgqueuer": "pgqueuer",
+    "dbos": "dbos",
+}
+# The figure a phase is judged by: with --repeat, the repetition with its median is reported.
+HEADLINES: dict[str, Callable[[Any], float]] = {
+    "a": lambda r: r.workflows_per_s,
+    "b": lambda r: r.p50_ms,
+    "c": lambda r: r.ms_per_step,
+    "d": lambda r: r.jobs_per_s,
+    "e": lambda r: r.events_per_s,
+    "f": lambda r: r.workflows_ratio,
+    "g": lambda r: r.judged.growth,
+    "h": lambda r: r.counts[-1].trickle_empty_per_run(r.trickle_runs) or 0.0,
+    "i": lambda r: r.p50_ms,
+    "pgqueuer": lambda r: r.p50_ms,
+    "dbos": lambda r: r.workflows_per_s,
+}
 
 
-def timeouts(args: argparse.Namespace) -> dict[str, float]:
-    """Generous bounds per repetition, so the program always ends."""
-    paced = args.latency_runs / args.rate
-    return {
-        "a": 120 + args.runs * 0.05,
-        "b": 60 + paced * 2,
-        "c": 60 + args.steps * 0.05,
-        "d": 120 + paced * 2,
-        "e": 120 + args.rebuild_events * 0.003,
-    }
+def _counts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--database-url",
         default=os.environ.get("OW_ES_DATABASE_URL"),
-        help="postgresql://... (all phases) or sqlite:///file.db ((a)-(c) and (e)); "
-        "env OW_ES_DATABASE_URL",
+        help="postgresql://... (all phases) or sqlite:///file.db; env OW_ES_DATABASE_URL",
     )
-    parser.add_argument("--only", default=",".join(PHASES), help="phases to run, e.g. a,d")
-    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
-    parser.add_argument("--runs", type=int, default=1000, help="(a) runs to drain")
-    parser.add_argument("--latency-runs", type=int, default=200, help="(b) runs to time")
-    parser.add_argument("--rate", type=float, default=20.0, help="(b) runs started per second")
-    parser.add_argument("--steps", type=int, default=1000, help="(c) sequential steps")
-    parser.add_argument(
-        "--rebuild-events", type=int, default=200_000, help="(e) events to write, then rebuild"
+    add("--only", default=",".join(PHASES), help="phases to run, e.g. a,b,pgqueuer")
+    add(
+        "--with-sqlite",
+        action="store_true",
+        help="then run (a)-(c) and (i) on a fresh SQLite file too (the embedded default)",
     )
-    parser.add_argument(
-        "--rebuild-steps", type=int, default=10, help="(e) steps per run of that log"
+    add("--json-out", type=Path, default=None, help="also write the JSON here")
+    add(
+        "--report",
+        type=Path,
+        default=None,
+        help="write a markdown report here (plots beside it, in a folder of its name)",
     )
-    parser.add_argument(
-        "--repeat", type=int, default=1, help="run each phase N times, report the median"
+    add("--runs", type=int, default=1000, help="(a) runs to drain")
+    add("--latency-runs", type=int, default=200, help="(b), (i), pgqueuer: runs to time")
+    add("--rate", type=float, default=20.0, help="(b), (i), pgqueuer: starts per second")
+    add("--steps", type=int, default=1000, help="(c) sequential steps")
+    add("--rebuild-events", type=int, default=200_000, help="(e) events to write, then rebuild")
+    add("--rebuild-steps", type=int, default=10, help="(e) steps per run of that log")
+    add(
+        "--scale-runs",
+        type=int,
+        default=110_000,
+        help="(f) runs to seed (every 11th parked): 110,000 make 1,000,000 events",
     )
-    parser.add_argument(
-        "--profile", type=Path, default=None, help="run workers under cProfile, stats to DIR"
-    )
+    add("--scale-points", type=int, default=4, help="(f) seeding steps, measured after each")
+    add("--long-steps", type=int, default=1000, help="(g) steps of the long run")
+    add("--long-every", type=int, default=10, help="(g) it sleeps after every N steps")
+    add("--long-sleep-ms", type=float, default=20.0, help="(g) for this long (it must park)")
+    add("--workers", type=_counts, default=[1, 2, 4, 8], help="(h) worker processes, e.g. 1,8")
+    add("--workers-runs", type=int, default=2000, help="(h) the backlog")
+    add("--workers-concurrency", type=int, default=25, help="(h) concurrency of each worker")
+    add("--workers-trickle", type=int, default=100, help="(h) runs started one at a time")
+    add("--pgqueuer-jobs", type=int, default=1000, help="pgqueuer: the backlog it drains")
+    add("--dbos-workflows", type=int, default=500, help="dbos: 4-step workflows to run")
+    add("--repeat", type=int, default=1, help="run each phase N times, report the median")
+    add("--profile", type=Path, default=None, help="run workers under cProfile, stats to DIR")
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("--database-url is required (or set OW_ES_DATABASE_URL)")
@@ -88,13 +149,33 @@ def parse(argv: list[str]) -> argparse.Namespace:
         parser.error("--repeat must be at least 1")
     if args.rebuild_events < 1 or args.rebuild_steps < 0:
         parser.error("--rebuild-events must be positive and --rebuild-steps not negative")
+    if args.scale_points < 1 or args.scale_runs < 1:
+        parser.error("--scale-points and --scale-runs must be positive")
     if unknown := set(args.only) - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     return args
 
 
-def progress(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def timeouts(args: argparse.Namespace) -> dict[str, float]:
+    """Generous bounds per repetition, so the program always ends."""
+    paced = args.latency_runs / args.rate
+    abc = 240 + args.runs * 0.05 + paced * 2 + args.steps * 0.05
+    return {
+        "a": 120 + args.runs * 0.05,
+        "b": 60 + paced * 2,
+        "c": 60 + args.steps * 0.05,
+        "d": 120 + paced * 2,
+        "e": 120 + args.rebuild_events * 0.003,
+        "f": 120 + (args.scale_points + 1) * abc + args.scale_runs * 0.003,
+        "g": 2 * (120 + args.long_steps * (0.2 + args.long_sleep_ms / 1000 / args.long_every)),
+        "h": sum(
+            180 + n * 20 + args.workers_runs * 0.05 + args.workers_trickle / args.rate * 2
+            for n in args.workers
+        ),
+        "i": 60 + paced * 2,
+        "pgqueuer": 180 + paced * 2 + args.pgqueuer_jobs * 0.05,
+        "dbos": 180 + args.dbos_workflows * 0.1,
+    }
 
 
 # -- the database: settings, schema ---------------------------------------------------------------
@@ -111,26 +192,14 @@ async def postgres_settings(url: str) -> dict[str, Any]:
         return values
 
 
-async def create_schema(url: str, schema: str) -> None:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-
-
-async def drop_schema(url: str, schema: str) -> None:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-        )
-
-
 def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
 
 
-async def sqlite_settings(target: phases.Target) -> dict[str, Any]:
+async def sqlite_settings(target: Target) -> dict[str, Any]:
     """Read after ow-es created the file (it sets WAL, persistent, and synchronous=FULL on
     each of its connections)."""
-    async with phases.client(target, "bench"):
+    async with client(target, "bench"):
         pass
     conn = sqlite3.connect(sqlite_path(target.url))
     try:
@@ -149,7 +218,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def describe(target: phases.Target, settings: dict[str, Any]) -> dict[str, Any]:
+def describe(target: Target, settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "backend": target.backend,
         "url": redact(target.url),
@@ -165,17 +234,6 @@ def describe(target: phases.Target, settings: dict[str, Any]) -> dict[str, Any]:
 
 # -- phases ---------------------------------------------------------------------------------------
 
-
-_FIELDS = {"a": "throughput", "b": "latency", "c": "sequential", "d": "floor", "e": "rebuild"}
-# The figure a phase is judged by: with --repeat, the repetition with its median is reported.
-HEADLINES = {
-    "a": "workflows_per_s",
-    "b": "p50_ms",
-    "c": "ms_per_step",
-    "d": "jobs_per_s",
-    "e": "events_per_s",
-}
-
 Measure = Callable[[str], Awaitable[Any]]
 
 
@@ -187,11 +245,16 @@ async def run_phase(
     for attempt in range(1, repeat + 1):
         progress(f"phase ({phase}) {attempt}/{repeat} ...")
         began = time.perf_counter()
+        bound = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with bound:
                 values.append(await measure(f"bench-{phase}{attempt}"))
-        except TimeoutError:
-            result.errors[phase] = f"timed out after {timeout:.0f}s"
+        except Skipped as exc:
+            result.errors[phase] = f"skipped: {exc}"
+        except TimeoutError as exc:
+            result.errors[phase] = (
+                f"timed out after {timeout:.0f}s" if bound.expired() else f"TimeoutError: {exc!r}"
+            )
         except Exception as exc:
             result.errors[phase] = f"{type(exc).__name__}: {exc}"
         status = result.errors.get(phase, "ok")
@@ -201,46 +264,79 @@ async def run_phase(
         if phase in result.errors:
             break
     if values:
-        values.sort(key=lambda value: getattr(value, HEADLINES[phase]))
-        setattr(result, _FIELDS[phase], values[len(values) // 2])
-        result.repeats[phase] = [getattr(value, HEADLINES[phase]) for value in values]
+        headline = HEADLINES[phase]
+        values.sort(key=headline)
+        setattr(result, FIELDS[phase], values[len(values) // 2])
+        result.repeats[phase] = [headline(value) for value in values]
 
 
-async def run_all(args: argparse.Namespace, target: phases.Target) -> report.Report:
+def measures(args: argparse.Namespace, target: Target) -> dict[str, Measure]:
+    paced = {"runs": args.latency_runs, "rate": args.rate}
+    sizes = {
+        "runs": args.runs,
+        "latency_runs": args.latency_runs,
+        "rate": args.rate,
+        "steps": args.steps,
+    }
+    return {
+        "a": lambda ns: phases.throughput(target, ns, runs=args.runs),
+        "b": lambda ns: phases.latency(target, ns, **paced),
+        "c": lambda ns: phases.sequential(target, ns, steps=args.steps),
+        "d": lambda _: floor.measure(
+            target.url, target.schema, paced_runs=args.latency_runs, rate=args.rate
+        ),
+        "pgqueuer": lambda ns: competitor_pgqueuer.measure(
+            target, ns, **paced, jobs=args.pgqueuer_jobs
+        ),
+        "dbos": lambda ns: competitor_dbos.measure(target, ns, workflows=args.dbos_workflows),
+        "e": lambda ns: rebuild.measure(
+            target, ns, events=args.rebuild_events, steps=args.rebuild_steps, progress=progress
+        ),
+        "g": lambda ns: long_history.measure(
+            target, ns, steps=args.long_steps, every=args.long_every, sleep_ms=args.long_sleep_ms
+        ),
+        "h": lambda ns: many_workers.measure(
+            target,
+            ns,
+            counts=args.workers,
+            runs=args.workers_runs,
+            concurrency=args.workers_concurrency,
+            trickle_runs=args.workers_trickle,
+            rate=args.rate,
+        ),
+        "i": lambda ns: inproc.measure(target, ns, **paced),
+        "f": lambda ns: scale.measure(
+            target,
+            ns,
+            seed_runs=args.scale_runs,
+            points=args.scale_points,
+            sizes=sizes,
+            progress=progress,
+        ),
+    }
+
+
+async def run_all(args: argparse.Namespace, target: Target, only: list[str]) -> report.Report:
     if target.backend == "postgres":
         settings = await postgres_settings(target.url)
         await create_schema(target.url, target.schema)
     else:
         settings = await sqlite_settings(target)
     result = report.Report(server=describe(target, settings))
-    progress("settings: " + report.server_line(result.server))
-    measures: dict[str, Measure] = {
-        "a": lambda ns: phases.throughput(target, ns, runs=args.runs),
-        "b": lambda ns: phases.latency(target, ns, runs=args.latency_runs, rate=args.rate),
-        "c": lambda ns: phases.sequential(target, ns, steps=args.steps),
-        "d": lambda _: floor.measure(
-            target.url, target.schema, paced_runs=args.latency_runs, rate=args.rate
-        ),
-        "e": lambda ns: rebuild.measure(
-            target,
-            ns,
-            events=args.rebuild_events,
-            steps=args.rebuild_steps,
-            progress=progress,
-        ),
-    }
+    measure = measures(args, target)
+    bounds = timeouts(args)
     for phase in PHASES:
-        if phase not in args.only:
+        if phase not in only:
             continue
-        if phase == "d" and target.backend != "postgres":
-            result.errors[phase] = "skipped: the raw floor is measured on PostgreSQL only"
+        if phase in POSTGRES_ONLY and target.backend != "postgres":
+            result.errors[phase] = f"skipped: {POSTGRES_ONLY[phase]}"
             continue
-        await run_phase(result, phase, measures[phase], args.repeat, timeouts(args)[phase])
+        await run_phase(result, phase, measure[phase], args.repeat, bounds[phase])
     result.server["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     return result
 
 
-async def cleanup(target: phases.Target) -> None:
+async def cleanup(target: Target) -> None:
     """Drop the benchmark schema (or remove the SQLite file): nothing is left behind."""
     try:
         if target.backend == "postgres":
@@ -251,33 +347,66 @@ async def cleanup(target: phases.Target) -> None:
         print(f"warning: could not clean up {target.schema}: {exc}", file=sys.stderr)
 
 
+async def run_on(args: argparse.Namespace, target: Target, only: list[str]) -> report.Report:
+    try:
+        return await run_all(args, target, only)
+    finally:
+        await cleanup(target)
+
+
+def _print(result: report.Report) -> None:
+    print(f"ow-es benchmark  {server_line(result.server)}")
+    print(table.details(result))
+    print()
+    if result.judged():
+        print(table.summary(result))
+        print()
+
+
+def server_line(server: dict[str, Any]) -> str:
+    return "  ".join(f"{key}={value}" for key, value in server.items())
+
+
 async def main(argv: list[str]) -> int:
     args = parse(argv)
     url: str = args.database_url
-    schema = f"bench_{secrets.token_hex(4)}"
     log_dir = Path(tempfile.mkdtemp(prefix="ow-es-bench-"))
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    target = phases.Target(url=url, schema=schema, log_dir=log_dir, profile_dir=args.profile)
+    target = Target(
+        url=url, schema=f"bench_{secrets.token_hex(4)}", log_dir=log_dir, profile_dir=args.profile
+    )
     if target.backend == "sqlite" and sqlite_path(url).exists():
         print(
             f"error: {sqlite_path(url)} exists; the benchmark wants a fresh file", file=sys.stderr
         )
         return 2
+    results: list[report.Report] = []
     try:
-        result = await run_all(args, target)
+        results.append(await run_on(args, target, args.only))
+        if args.with_sqlite and target.backend == "postgres":
+            embedded = Target(
+                url=f"sqlite:///{log_dir / 'bench.db'}",
+                schema="main",
+                log_dir=log_dir,
+                profile_dir=args.profile,
+            )
+            only = [phase for phase in SQLITE_PHASES if phase in args.only]
+            results.append(await run_on(args, embedded, only))
     except (psycopg.Error, ow_es.OwEsError, OSError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         shutil.rmtree(log_dir, ignore_errors=True)
         return 2
-    finally:
-        await cleanup(target)
-    print(f"ow-es benchmark  {report.server_line(result.server)}")
-    print(report.table(result))
-    print(report.dumps(result))
+    for result in results:
+        _print(result)
+    document = report.dumps(results[0]) if len(results) == 1 else report.dumps_all(results)
+    print(document)
     if args.json_out is not None:
-        args.json_out.write_text(report.dumps(result) + "\n")
-    failed = {p: e for p, e in result.errors.items() if not e.startswith("skipped")}
+        args.json_out.write_text(document + "\n")
+    if args.report is not None:
+        written = report_page.write(args.report, results, argv)
+        progress(f"report written: {', '.join(str(path) for path in written)}")
+    failed = [e for r in results for e in r.errors.values() if not e.startswith("skipped")]
     if failed:
         print(f"worker logs kept in {log_dir}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import ow_es
 from ow_es import Context
@@ -42,4 +43,44 @@ async def sequential(ctx: Context, steps: int) -> int:
     return steps
 
 
-ALL: tuple[ow_es.Workflow[object], ...] = (noop4, first_step_clock, sequential)
+@ow_es.workflow(name="bench-long", max_step_attempts=1_000_000)
+async def long_history(ctx: Context, spec: dict[str, float]) -> int:
+    """(g) ``steps`` no-op steps; after every ``every``-th one the run sleeps ``sleep_ms`` (long
+    enough to park: a sleep already due when it is recorded completes without parking)."""
+    steps, every = int(spec["steps"]), int(spec["every"])
+    nap = timedelta(milliseconds=spec["sleep_ms"])
+    for index in range(1, steps + 1):
+        await ctx.step.run(f"step-{index}", _noop)
+        if index % every == 0:
+            await ctx.step.sleep(f"nap-{index}", nap)
+    return steps
+
+
+SEED_STEPS = 6
+
+
+@ow_es.workflow(name="bench-seed-done")
+async def seed_done(ctx: Context) -> int:
+    """(f) the shape of the seeded terminal runs (seed.sql writes their history directly)."""
+    for index in range(SEED_STEPS):
+        await ctx.step.run(f"noop-{index}", _noop)
+    return SEED_STEPS
+
+
+@ow_es.workflow(name="bench-seed-sleep")
+async def seed_sleep(ctx: Context) -> int:
+    """(f) the shape of the seeded parked runs: six steps, then a sleep of a year."""
+    for index in range(SEED_STEPS):
+        await ctx.step.run(f"noop-{index}", _noop)
+    await ctx.step.sleep("nap", "365d")
+    return SEED_STEPS
+
+
+ALL: tuple[ow_es.Workflow[object], ...] = (
+    noop4,
+    first_step_clock,
+    sequential,
+    long_history,
+    seed_done,
+    seed_sleep,
+)

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
-from report import Floor, percentile
+from records import Floor, percentile
 
 Conn = psycopg.AsyncConnection[Any]
 

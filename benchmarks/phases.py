@@ -3,167 +3,71 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import bench_workflows
 import cpu
-from report import Latency, Sequential, Throughput, percentile
+from records import Latency, Sequential, Throughput, percentile
+from target import Target, client
+from workers import application_name, claim_counts, claim_times, worker_process
 
 import ow_es
 
-WORKER_APP = Path(__file__).with_name("worker_app.py")
 TERMINAL = ("completed", "failed", "canceled")
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where the benchmark runs: the URL, its own schema, and a folder for worker logs."""
-
-    url: str
-    schema: str
-    log_dir: Path
-    profile_dir: Path | None = None
-
-    @property
-    def backend(self) -> str:
-        return "sqlite" if self.url.startswith("sqlite:") else "postgres"
-
-
-# -- the worker process --------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """A running worker_app.py; its stdout tells when it is ready and its CPU time."""
-
-    def __init__(self, process: asyncio.subprocess.Process, spawned_at: float, log: Path) -> None:
-        self.process = process
-        self.spawned_at = spawned_at  # time.time() just before the spawn
-        self.log = log
-        self.ready_cpu: float | None = None  # CPU seconds at READY (imports, connect, claim)
-        self.exit_cpu: float | None = None
-        self._ready = asyncio.Event()
-        self._reader = asyncio.create_task(self._read_stdout())
-
-    async def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            word, _, value = raw.decode().strip().partition(" ")
-            if word == "READY":
-                self.ready_cpu = float(value)
-                self._ready.set()
-            elif word == "EXIT":
-                self.exit_cpu = float(value)
-
-    async def wait_ready(self, timeout: float = 30) -> None:
-        """Until the worker printed READY (registered, listening, first claim made)."""
-        ready = asyncio.ensure_future(self._ready.wait())
-        done, _ = await asyncio.wait(
-            {ready, self._reader}, timeout=timeout, return_when="FIRST_COMPLETED"
-        )
-        ready.cancel()
-        if ready not in done:
-            raise RuntimeError(f"the worker did not become ready; see {self.log}")
-
-    @property
-    def exited(self) -> bool:
-        return self.process.returncode is not None
-
-    @property
-    def serving_cpu_seconds(self) -> float | None:
-        """CPU used between READY and exit (after stop)."""
-        if self.ready_cpu is None or self.exit_cpu is None:
-            return None
-        return self.exit_cpu - self.ready_cpu
-
-    async def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL after 15 s."""
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout=15)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reader, timeout=5)
-
-
-@contextlib.asynccontextmanager
-async def worker_process(
-    target: Target, namespace: str, concurrency: int
-) -> AsyncIterator[WorkerProcess]:
-    """A worker in a separate Python process, stopped with SIGTERM (then SIGKILL) at exit."""
-    log = target.log_dir / f"worker-{namespace}.log"
-    command = [
-        sys.executable, str(WORKER_APP), "--url", target.url, "--schema", target.schema,
-        "--namespace", namespace, "--concurrency", str(concurrency),
-    ]  # fmt: skip
-    if target.profile_dir is not None:
-        command += ["--cprofile", str(target.profile_dir / f"worker-{namespace}.prof")]
-    with log.open("wb") as stderr:
-        spawned_at = time.time()
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            env=_child_env(application_name(namespace)),
-        )
-    worker = WorkerProcess(process, spawned_at, log)
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-        _echo_log(log)
-
-
-def _echo_log(log: Path, limit: int = 10) -> None:
-    """Whatever the worker logged (warnings and up) goes to stderr: it may explain a figure."""
-    lines = log.read_text(errors="replace").splitlines()
-    if lines:
-        print(f"[bench] {log.name}: {len(lines)} line(s) on stderr:", file=sys.stderr)
-        for line in lines[:limit]:
-            print(f"[bench]   {line}", file=sys.stderr)
-
-
-def application_name(namespace: str) -> str:
-    """The worker's connections carry it, to tell their server CPU apart (see cpu.py)."""
-    return f"ow-es-bench-worker-{namespace}"
-
-
-def _child_env(application: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("OW_ES_DATABASE_URL", None)  # the URL comes from the command line, nothing else
-    env["PGAPPNAME"] = application
-    return env
-
-
-@contextlib.asynccontextmanager
-async def client(target: Target, namespace: str) -> AsyncIterator[ow_es.OpenWorkflow]:
-    async with ow_es.OpenWorkflow(target.url, namespace=namespace, schema=target.schema) as ow:
-        yield ow
-
-
-async def _finished_count(ow: ow_es.OpenWorkflow) -> int:
-    counts = await ow.store.count_runs()
-    return sum(n for (_, status), n in counts.items() if status in TERMINAL)
-
-
-async def _all_runs(ow: ow_es.OpenWorkflow, workflow_name: str) -> list[ow_es.WorkflowRun]:
+async def runs_of(ow: ow_es.OpenWorkflow, ids: Sequence[str]) -> list[ow_es.WorkflowRun]:
+    """The rows of these runs (one primary-key read each, 100 at a time)."""
     runs: list[ow_es.WorkflowRun] = []
-    cursor = None
-    while True:
-        page = await ow.list_runs(workflow_name=workflow_name, limit=1000, cursor=cursor)
-        runs += page.runs
-        cursor = page.next_cursor
-        if cursor is None:
-            return runs
+    for offset in range(0, len(ids), 100):
+        chunk = ids[offset : offset + 100]
+        found = await asyncio.gather(*(ow.store.get_run(run_id) for run_id in chunk))
+        runs += [run for run in found if run is not None]
+    return runs
+
+
+async def wait_finished(
+    ow: ow_es.OpenWorkflow, ids: Sequence[str], alive: Sequence[object] = (), poll: float = 0.1
+) -> None:
+    """Until every one of these runs is terminal. A light poll, so as not to weigh on what is
+    measured: one primary-key read of the last run started every ``poll`` seconds (runs end
+    roughly in the order they were started); once it has ended, the rest are read (100 at a
+    time) and the poll goes on with those still running. Its cost does not depend on how many
+    other runs the tables hold. ``alive``: worker processes that must not exit meanwhile."""
+    pending = list(ids)
+    while pending:
+        for worker in alive:
+            if getattr(worker, "exited", False):
+                raise RuntimeError(f"a worker exited early; see {getattr(worker, 'log', '?')}")
+        last = await ow.store.get_run(pending[-1])
+        if last is not None and last.status in TERMINAL:
+            done = {run.id for run in await runs_of(ow, pending) if run.status in TERMINAL}
+            pending = [run_id for run_id in pending if run_id not in done]
+            if not pending:
+                return
+        await asyncio.sleep(poll)
+
+
+async def start_backlog(
+    ow: ow_es.OpenWorkflow, workflow: ow_es.Workflow[object], runs: int, chunk: int = 100
+) -> tuple[list[str], float]:
+    """Start ``runs`` runs (``chunk`` concurrent start() calls at a time): their ids, seconds."""
+    began = time.perf_counter()
+    ids: list[str] = []
+    for offset in range(0, runs, chunk):
+        size = min(chunk, runs - offset)
+        handles = await asyncio.gather(*(ow.start(workflow) for _ in range(size)))
+        ids += [handle.run_id for handle in handles]
+    return ids, time.perf_counter() - began
+
+
+def drain_window(runs: Sequence[ow_es.WorkflowRun]) -> float:
+    """Seconds from the first claim to the last end, timed by the database."""
+    first_claim = min(run.started_at for run in runs if run.started_at is not None)
+    last_end = max(run.finished_at for run in runs if run.finished_at is not None)
+    return (last_end - first_claim).total_seconds()
 
 
 # -- (a) throughput ------------------------------------------------------------------------------
@@ -175,31 +79,21 @@ async def throughput(
     *,
     runs: int = 1000,
     concurrency: int = 100,
-    chunk: int = 100,
 ) -> Throughput:
     workflow = bench_workflows.noop4
     async with client(target, namespace) as ow:
-        began = time.perf_counter()
-        for offset in range(0, runs, chunk):
-            size = min(chunk, runs - offset)
-            await asyncio.gather(*(ow.start(workflow) for _ in range(size)))
-        start_seconds = time.perf_counter() - began
+        ids, start_seconds = await start_backlog(ow, workflow, runs)
         async with worker_process(target, namespace, concurrency) as worker:
-            # a cheap poll: the figures come from the runs' own timestamps, not from it
-            while await _finished_count(ow) < runs:
-                if worker.exited:
-                    raise RuntimeError(f"the worker exited early; see {worker.log}")
-                await asyncio.sleep(0.1)
+            await wait_finished(ow, ids, alive=[worker])
             # the worker's backends were all born in this window: their whole CPU counts
             pg_cpu = await cpu.backend_cpu_seconds(target.url, application_name(namespace))
-        done = await _all_runs(ow, workflow.name)
+        done = await runs_of(ow, ids)
     completed = [run for run in done if run.status == "completed"]
     if len(completed) != runs:
         raise RuntimeError(f"{runs - len(completed)} of {runs} runs did not complete")
-    first_claim = min(run.started_at for run in completed if run.started_at is not None)
+    seconds = drain_window(completed)
     last_end = max(run.finished_at for run in completed if run.finished_at is not None)
-    seconds = (last_end - first_claim).total_seconds()
-    wall = last_end.timestamp() - worker.spawned_at  # one host, one clock (loopback)
+    counts = claim_counts([worker])
     return Throughput(
         runs=runs,
         steps_per_run=bench_workflows.NOOP_STEPS,
@@ -210,9 +104,11 @@ async def throughput(
         seconds=seconds,
         workflows_per_s=runs / seconds,
         steps_per_s=runs * bench_workflows.NOOP_STEPS / seconds,
-        wall_seconds_from_spawn=wall,
-        worker_cpu_ms_per_run=_per(worker.serving_cpu_seconds, runs),
-        postgres_cpu_ms_per_run=_per(pg_cpu, runs),
+        wall_seconds_from_spawn=last_end.timestamp() - worker.spawned_at,  # one host, one clock
+        worker_cpu_ms_per_run=per(worker.serving_cpu_seconds, runs),
+        postgres_cpu_ms_per_run=per(pg_cpu, runs),
+        claims_per_run=None if counts is None else counts[0] / runs,
+        empty_claims_per_run=None if counts is None else counts[1] / runs,
     )
 
 
@@ -234,21 +130,31 @@ async def latency(
     rate: float = 20.0,
     concurrency: int = 10,
 ) -> Latency:
+    """Enqueue -> first step at a steady pace, on an idle worker process; the p50 split into
+    its parts by the client's timers, the worker's (its claim calls, see worker_app.py) and
+    the database's (the run_created and run_claimed events' created_at)."""
     workflow = bench_workflows.first_step_clock
     async with client(target, namespace) as ow:
         async with worker_process(target, namespace, concurrency) as worker:
             await worker.wait_ready()
             await asyncio.sleep(0.5)  # let the worker settle into its idle wait
-            samples = await _paced_starts(ow, workflow, runs, rate)
+            samples = await paced_starts(ow, workflow, runs, rate)
             outputs = await asyncio.gather(*(s.handle.result(timeout=60) for s in samples))
-        statuses = await asyncio.gather(*(s.handle.status() for s in samples))
+        histories = await asyncio.gather(*(ow.history(s.handle.run_id) for s in samples))
     first_step = [(out - s.enqueued) * 1000 for out, s in zip(outputs, samples, strict=True)]
-    to_claim = [
-        (run.started_at.timestamp() - s.enqueued) * 1000
-        for run, s in zip(statuses, samples, strict=True)
-        if run.started_at is not None
-    ]
-    start_call = [(s.returned - s.enqueued) * 1000 for s in samples]
+    claimed = claim_times([worker])
+    parts: dict[str, list[float]] = {name: [] for name in LATENCY_PARTS}
+    for sample, history, began in zip(samples, histories, outputs, strict=True):
+        times = {event.type: event.created_at.timestamp() for event in reversed(history)}
+        parts["to_created"].append((times["run_created"] - sample.enqueued) * 1000)
+        parts["to_claim"].append((times["run_claimed"] - sample.enqueued) * 1000)
+        parts["start_call"].append((sample.returned - sample.enqueued) * 1000)
+        call = claimed.get(sample.handle.run_id)
+        if call is not None:
+            parts["wake"].append((call[0] - sample.returned) * 1000)
+            parts["claim"].append((call[1] - call[0]) * 1000)
+            parts["claim_to_step"].append((began - call[1]) * 1000)
+    p50 = {name: percentile(values, 50) if values else None for name, values in parts.items()}
     return Latency(
         runs=runs,
         rate_per_s=rate,
@@ -256,13 +162,20 @@ async def latency(
         p50_ms=percentile(first_step, 50),
         p99_ms=percentile(first_step, 99),
         max_ms=max(first_step),
-        start_call_p50_ms=percentile(start_call, 50),
-        to_claim_p50_ms=percentile(to_claim, 50),
-        to_claim_p99_ms=percentile(to_claim, 99),
+        start_call_p50_ms=percentile(parts["start_call"], 50),
+        to_claim_p50_ms=percentile(parts["to_claim"], 50),
+        to_claim_p99_ms=percentile(parts["to_claim"], 99),
+        to_created_p50_ms=p50["to_created"],
+        wake_p50_ms=p50["wake"],
+        claim_p50_ms=p50["claim"],
+        claim_to_step_p50_ms=p50["claim_to_step"],
     )
 
 
-async def _paced_starts(
+LATENCY_PARTS = ("to_created", "to_claim", "start_call", "wake", "claim", "claim_to_step")
+
+
+async def paced_starts(
     ow: ow_es.OpenWorkflow, workflow: ow_es.Workflow[object], runs: int, rate: float
 ) -> list[_Sample]:
     """One start() every 1/rate seconds on a fixed schedule (no drift)."""
@@ -306,11 +219,11 @@ async def sequential(
         ms_per_step=run_seconds * 1000 / steps,
         client_seconds=client_seconds,
         client_ms_per_step=client_seconds * 1000 / steps,
-        worker_cpu_ms_per_step=_per(worker.serving_cpu_seconds, steps),
-        postgres_cpu_ms_per_step=_per(pg_cpu, steps),
+        worker_cpu_ms_per_step=per(worker.serving_cpu_seconds, steps),
+        postgres_cpu_ms_per_step=per(pg_cpu, steps),
     )
 
 
-def _per(seconds: float | None, count: int) -> float | None:
+def per(seconds: float | None, count: int) -> float | None:
     """Milliseconds per item, when the CPU time is known."""
     return None if seconds is None else round(seconds * 1000 / count, 4)

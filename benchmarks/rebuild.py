@@ -15,8 +15,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from phases import Target, client
-from report import Rebuild
+from records import Rebuild
+from target import Target, client
 
 import ow_es
 from ow_es import events as ev
