@@ -1,8 +1,8 @@
 """A short-lived, single-flight cache of the run counts.
 
-Counting runs by workflow and status reads every row of the namespace (no index can answer
-it), so the overview of many open tabs and Prometheus scrapes share one count per
-``COUNTS_TTL`` seconds instead of each running its own.
+Counting runs by workflow and status visits every entry of the namespace in an index
+(``workflow_runs_counts``, an index-only scan), so the overview of many open tabs and
+Prometheus scrapes share one count per ``COUNTS_TTL`` seconds instead of each running its own.
 """
 
 from __future__ import annotations
