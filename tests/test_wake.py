@@ -90,3 +90,35 @@ async def test_every_waiter_of_a_process_sees_every_ready_signal(ow: ow_es.OpenW
     assert await first.wait(5) is True
     assert await second.wait(5) is True  # not taken by the first
     assert await first.wait(0.05) is False  # nothing new since
+
+
+async def test_an_idle_worker_claims_on_a_wake_up_not_after_each_run_it_ends(
+    pg_db: dict[str, object], monkeypatch: object
+) -> None:
+    """PostgreSQL (wake-ups are pushed): a run this worker ends readies no other, so claiming
+    then would find nothing. Runs started one at a time are each claimed by the claim their
+    NOTIFY caused, and almost no claim comes back empty."""
+    ow = ow_es.OpenWorkflow(str(pg_db["url"]), schema=str(pg_db["schema"]))
+
+    @ow.workflow(name="one")
+    async def one(ctx: ow_es.Context, n: int) -> int:
+        return await ctx.step.run("twice", lambda: n * 2)
+
+    await ow.connect()
+    try:
+        claims: list[int] = []
+        real = ow.store.claim_ready
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            claimed = await real(*args, **kwargs)  # type: ignore[arg-type]
+            claims.append(len(claimed.runs))
+            return claimed
+
+        ow.store.claim_ready = counted  # type: ignore[method-assign]
+        async with running_worker(ow, poll_interval="30s"):
+            for n in range(10):
+                assert await (await one.start(n)).result(timeout=10) == 2 * n
+        assert sum(claims) == 10
+        assert claims.count(0) <= 2, claims  # the first claim at start, and a spare at most
+    finally:
+        await ow.close()

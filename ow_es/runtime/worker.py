@@ -22,7 +22,7 @@ from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
 from ow_es.runtime.replay_cache import ReplayCache
 from ow_es.runtime.run_log import log_end
-from ow_es.store.port import ReadyWaiter
+from ow_es.store.port import Claimed, ReadyWaiter
 
 if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow
@@ -166,20 +166,20 @@ class Worker:
         wake = store.wake_channel()
         ready = wake.ready_waiter()  # subscribed before the first claim: no wake-up is lost
         idle_wait = _FAST_POLL
+        claiming = True  # False: only a run of ours ended, which readies no other
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
-            claimed: list[WorkflowRun] = []
-            retry_at: datetime | None = None  # a full rate window frees a place then
+            claim = Claimed(runs=[])
             # The lease runs from before the claim was sent, never later than the database's.
             lease_deadline = asyncio.get_running_loop().time() + self.lease
             try:
-                if free > 0:
+                if free > 0 and claiming:
                     claim = await store.claim_ready(self.worker_id, workflows, free, self.lease)
-                    claimed, retry_at = claim.runs, claim.retry_at
-                else:  # no slot to claim into, but deadlines still end runs on time
+                elif free == 0:  # no slot to claim into, but deadlines still end runs on time
                     await store.fail_overdue(self.worker_id, workflows)
             except OwEsError as exc:
                 log.warning("claim failed: %s", exc)
+            claimed = claim.runs
             if self.metrics is not None:
                 self.metrics.claimed(claimed, store)
             for run in claimed:
@@ -194,9 +194,15 @@ class Worker:
                 timeout = idle_wait
             if free > len(claimed):
                 timeout = min(timeout, await self._until_next_timer(workflows))
-                if retry_at is not None:
-                    timeout = min(timeout, max(_FAST_POLL, (retry_at - utcnow()).total_seconds()))
-            await self._wait_for_work(ready, timeout, full=free == len(claimed))
+                if claim.retry_at is not None:
+                    until_free = (claim.retry_at - utcnow()).total_seconds()
+                    timeout = min(timeout, max(_FAST_POLL, until_free))
+            full = free == len(claimed)
+            woke = await self._wait_for_work(ready, timeout, full=full)
+            # A run of ours that ended or parked frees a slot (and may set a timer: the next
+            # round reads it); it readies another run only when we were full (work may be
+            # waiting) or a limit may have held one back. Else claiming would find nothing.
+            claiming = woke != {"slot"} or full or claim.limited or not wake.pushes
 
     async def _until_next_timer(self, workflows: list[tuple[str, str | None]]) -> float:
         try:
@@ -207,19 +213,27 @@ class Worker:
             return self.poll_interval
         return max(0.0, (wake_at - utcnow()).total_seconds())
 
-    async def _wait_for_work(self, ready: ReadyWaiter, timeout: float, *, full: bool) -> None:
+    async def _wait_for_work(self, ready: ReadyWaiter, timeout: float, *, full: bool) -> set[str]:
         """Wait for a wake-up, a finished run (a freed slot, perhaps a new timer), a stop, or
-        the timeout. While every slot is busy, wake-ups wait for a slot first."""
-        waiters: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(self._stopping.wait()),
-            asyncio.ensure_future(self._slot_freed.wait()),
-        ]
+        the timeout; returns what came ("ready", "slot", "stop"; empty: the timeout). While
+        every slot is busy, wake-ups wait for a slot first."""
+        waiters: dict[str, asyncio.Future[Any]] = {
+            "stop": asyncio.ensure_future(self._stopping.wait()),
+            "slot": asyncio.ensure_future(self._slot_freed.wait()),
+        }
         if not full:
-            waiters.append(asyncio.ensure_future(ready.wait(timeout)))
+            waiters["ready"] = asyncio.ensure_future(ready.wait(timeout))
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            return {
+                what
+                for what, w in waiters.items()
+                if w.done() and not w.cancelled() and w.result() is not False
+            }
         finally:
-            for waiter in waiters:
+            for waiter in waiters.values():
                 waiter.cancel()
             self._slot_freed.clear()
 

@@ -47,6 +47,7 @@ async def claim(
         taken.extend(row.id for row in ready.rows)
         rows, left = ready.rows, 0
         if ready.limits:
+            claimed.limited = True
             keys = flow.keys_of(rows, ready.limits)
             usage = await tx.flow_usage(sorted(ready.limits), keys)
             rows, left = flow.admit(rows, ready.limits, usage, await tx.now())

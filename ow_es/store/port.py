@@ -193,11 +193,13 @@ class Ready:
 @dataclass
 class Claimed:
     """A claim's runs; ``retry_at``: when a full rate window lets the next run start;
-    ``overdue``: ready runs past their deadline it left to ``fail_overdue``."""
+    ``overdue``: ready runs past their deadline it left to ``fail_overdue``; ``limited``: a
+    served workflow has stored limits (a run that ends may free a place for another)."""
 
     runs: list[WorkflowRun]
     retry_at: datetime | None = None
     overdue: int = 0
+    limited: bool = False
 
 
 @dataclass(frozen=True)
