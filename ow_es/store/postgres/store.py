@@ -99,9 +99,13 @@ class PostgresStore:
         """The pool's session settings, sent with the connection's startup packet: a new
         connection is ready without a round trip of its own (which matters when connections
         are cut often: each one is usable the moment it is open). No JIT: ow-es's statements
-        are short, and compiling one whose estimate looks big costs tens of milliseconds."""
+        are short, and compiling one whose estimate looks big costs tens of milliseconds.
+        Generic plans: re-planning the claim cost more than running it (see query plan tests)."""
         given = conninfo_to_dict(self.url).get("options") or ""
-        ours = f'-c search_path="{self.schema}" -c TimeZone=UTC -c jit=off'  # a valid identifier
+        ours = (
+            f'-c search_path="{self.schema}" -c TimeZone=UTC'  # a validated identifier
+            " -c jit=off -c plan_cache_mode=force_generic_plan"
+        )
         return f"{given} {ours}".strip()
 
     async def open(self, *, migrate: bool = True) -> None:
