@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import psycopg
+import pytest
 
 import ow_es
+from ow_es.store.port import Claimed
 from ow_es.store.postgres.wake import Channels
 from tests.support.databases import ClientFactory
 from tests.support.workers import running_worker
@@ -93,7 +96,7 @@ async def test_every_waiter_of_a_process_sees_every_ready_signal(ow: ow_es.OpenW
 
 
 async def test_an_idle_worker_claims_on_a_wake_up_not_after_each_run_it_ends(
-    pg_db: dict[str, object], monkeypatch: object
+    pg_db: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL (wake-ups are pushed): a run this worker ends readies no other, so claiming
     then would find nothing. Runs started one at a time are each claimed by the claim their
@@ -109,12 +112,12 @@ async def test_an_idle_worker_claims_on_a_wake_up_not_after_each_run_it_ends(
         claims: list[int] = []
         real = ow.store.claim_ready
 
-        async def counted(*args: object, **kwargs: object) -> object:
-            claimed = await real(*args, **kwargs)  # type: ignore[arg-type]
+        async def counted(*args: Any) -> Claimed:
+            claimed = await real(*args)
             claims.append(len(claimed.runs))
             return claimed
 
-        ow.store.claim_ready = counted  # type: ignore[method-assign]
+        monkeypatch.setattr(ow.store, "claim_ready", counted)
         async with running_worker(ow, poll_interval="30s"):
             for n in range(10):
                 assert await (await one.start(n)).result(timeout=10) == 2 * n
