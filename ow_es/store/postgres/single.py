@@ -25,7 +25,8 @@ waits for it, nothing is written and the general path waits for the gate instead
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, cast
@@ -60,31 +61,35 @@ class OneStatementAppends:
         statements = [statement(s, self._gate_key, self._channels) for s in singles]
         async with self._connection("appending events") as conn:
             try:
-                cursors = [c async for c in _execute(conn, statements)]
+                rows = await _execute(conn, statements)
             except RETRYABLE:
                 return [None] * len(singles)
-            times: list[datetime | None] = []
-            for cur in cursors:
-                row = await cur.fetchone()
-                assert row is not None
-                times.append(cast(datetime, row[1]) if row[0] else None)
-        return times
+        return [cast(datetime, row[1]) if row[0] else None for row in rows]
 
 
 async def _execute(
     conn: psycopg.AsyncConnection[Any], statements: list[tuple[str, list[Any]]]
-) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+) -> list[tuple[Any, ...]]:
+    """Each statement's one row. Neighbours of one text go out as one ``executemany`` (its
+    query converted and its statement parsed once), still in the order given."""
     if len(statements) == 1:
         ((query, params),) = statements
-        yield await conn.execute(cast(Any, query), params, prepare=True)
-        return
+        cur = await conn.execute(cast(Any, query), params, prepare=True)
+        return [cast(tuple[Any, ...], await cur.fetchone())]
+    groups: list[tuple[psycopg.AsyncCursor[Any], int]] = []
     async with conn.pipeline(), conn.transaction():
-        cursors = [
-            await conn.execute(cast(Any, query), params, prepare=True)
-            for query, params in statements
-        ]
-    for cur in cursors:
-        yield cur
+        for query, group in itertools.groupby(statements, key=lambda s: s[0]):
+            params = [p for _, p in group]
+            cur = conn.cursor()
+            await cur.executemany(cast(Any, query), params, returning=True)
+            groups.append((cur, len(params)))
+    rows: list[tuple[Any, ...]] = []
+    for cur, count in groups:
+        for index in range(count):
+            if index:
+                cur.nextset()
+            rows.append(cast(tuple[Any, ...], await cur.fetchone()))
+    return rows
 
 
 def statement(single: Single, gate_key: int, channels: Channels) -> tuple[str, list[Any]]:
