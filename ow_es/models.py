@@ -101,6 +101,7 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     busy: int
     started_at: datetime
     heartbeat_at: datetime
+    lane: str | None = None  # its own wake-up channel (PostgreSQL; see README "Wake-ups")
 
 
 class RunPage(msgspec.Struct, kw_only=True):

@@ -20,9 +20,13 @@ from ow_es.metrics import WorkerMetrics
 from ow_es.models import WorkerInfo, WorkflowRun
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
+from ow_es.runtime.lane import LaneWakes
 from ow_es.runtime.replay_cache import ReplayCache
 from ow_es.runtime.run_log import log_end
-from ow_es.store.port import Claimed, ReadyWaiter
+from ow_es.runtime.schedule_loop import fire_schedules
+from ow_es.store.port import Claimed
+from ow_es.store.wake import Lane
+from ow_es.store.wake_port import ReadyWaiter
 
 if TYPE_CHECKING:
     from ow_es.client import OpenWorkflow
@@ -96,6 +100,7 @@ class Worker:
         self._threads: ThreadPoolExecutor | None = None
         self._run_task: asyncio.Task[Any] | None = None
         self._releasing: asyncio.Future[None] | None = None  # kept so it is not collected
+        self._lane = LaneWakes(Lane(None))  # its own wake-ups (runtime/lane.py), once running
 
     # -- public ----------------------------------------------------------------------------
 
@@ -108,6 +113,7 @@ class Worker:
             raise OwEsError("no workflows are registered on this client; nothing to serve")
         wake = store.wake_channel()
         await wake.start()
+        self._lane = LaneWakes(await wake.open_lane(self.worker_id))  # before it registers
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="ow-es-step")
         settings = Settings(
             worker_id=self.worker_id,
@@ -127,10 +133,15 @@ class Worker:
             self.metrics.start(self)
         await self._register(workflows)
         heartbeats = asyncio.create_task(self._heartbeat_loop(), name="ow-es-heartbeat")
-        schedules = asyncio.create_task(self._schedule_loop(), name="ow-es-schedules")
+        schedules = asyncio.create_task(
+            fire_schedules(self.client, self.poll_interval, self.metrics), name="ow-es-schedules"
+        )
         leaving = _LEAVE_SECONDS
         try:
-            await self._claim_loop(settings, workflows)
+            try:
+                await self._claim_loop(settings, workflows)
+            finally:
+                self._lane.close()  # it claims no more: its wake-ups go to every worker
             await self._drain()
         except asyncio.CancelledError:  # also while draining: a second signal, say
             leaving = _ABORT_SECONDS / 3
@@ -169,17 +180,20 @@ class Worker:
         claiming = True  # False: only a run of ours ended, which readies no other
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
-            claim = Claimed(runs=[])
+            claim, seen, claimed_from = Claimed(runs=[]), self._lane.seen, None
             # The lease runs from before the claim was sent, never later than the database's.
             lease_deadline = asyncio.get_running_loop().time() + self.lease
             try:
                 if free > 0 and claiming:
                     claim = await store.claim_ready(self.worker_id, workflows, free, self.lease)
+                    claimed_from = seen
                 elif free == 0:  # no slot to claim into, but deadlines still end runs on time
+                    self._lane.after_round(claimed_from=None, full=True)  # pass wake-ups on
                     await store.fail_overdue(self.worker_id, workflows)
             except OwEsError as exc:
                 log.warning("claim failed: %s", exc)
             claimed = claim.runs
+            self._lane.after_round(claimed_from=claimed_from, full=free == len(claimed))
             if self.metrics is not None:
                 self.metrics.claimed(claimed, store)
             for run in claimed:
@@ -215,14 +229,17 @@ class Worker:
 
     async def _wait_for_work(self, ready: ReadyWaiter, timeout: float, *, full: bool) -> set[str]:
         """Wait for a wake-up, a finished run (a freed slot, perhaps a new timer), a stop, or
-        the timeout; returns what came ("ready", "slot", "stop"; empty: the timeout). While
-        every slot is busy, wake-ups wait for a slot first."""
+        the timeout; returns what came ("ready", "slot", "stop", "lane"; empty: the timeout).
+        While every slot is busy, wake-ups wait for a slot first, but those sent to this worker
+        alone (its lane) are passed on to every worker."""
         waiters: dict[str, asyncio.Future[Any]] = {
             "stop": asyncio.ensure_future(self._stopping.wait()),
             "slot": asyncio.ensure_future(self._slot_freed.wait()),
         }
         if not full:
             waiters["ready"] = asyncio.ensure_future(ready.wait(timeout))
+        else:  # but a wake-up sent to this worker alone is passed on at once
+            waiters["lane"] = asyncio.ensure_future(self._lane.wait(timeout))
         try:
             await asyncio.wait(
                 waiters.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -266,6 +283,7 @@ class Worker:
             busy=0,
             started_at=utcnow(),
             heartbeat_at=utcnow(),
+            lane=self._lane.lane.name,
         )
         try:
             await self.client.store.registry.register(me, self._registry_ttl)
@@ -292,37 +310,6 @@ class Worker:
                 await store.registry.beat(self.worker_id, busy=len(self._active))
             except OwEsError as exc:
                 log.warning("registry heartbeat failed: %s", exc)
-
-    async def _schedule_loop(self) -> None:
-        """Fire the due ticks of the schedules registered on this client: every worker may
-        fire (due rows are locked, skipping locked ones; the tick's idempotency key keeps each
-        tick one run), then wait for the next due tick or the poll interval."""
-        store = self.client.store
-        rows = self.client.schedule_rows(utcnow())
-        if not rows:
-            return
-        names = [row.name for row in rows]
-        try:
-            await store.schedules.upsert(rows)
-        except OwEsError as exc:
-            log.warning("could not record the schedules: %s", exc)
-        while True:
-            try:
-                fired = await store.fire_schedules(names)
-                for name, run_id, key in fired.started:
-                    log.info("schedule %s: started run %s (%s)", name, run_id, key)
-                for name in fired.skipped:
-                    log.info("schedule %s: tick skipped, its previous run is not done", name)
-                if self.metrics is not None:
-                    self.metrics.fired([s[0] for s in fired.started], fired.skipped)
-                next_due = await store.schedules.next_due(names)
-            except OwEsError as exc:
-                log.warning("firing schedules failed: %s", exc)
-                next_due = None
-            wait = self.poll_interval
-            if next_due is not None:
-                wait = min(wait, max(0.0, (next_due - utcnow()).total_seconds()))
-            await asyncio.sleep(max(wait, 0.01))
 
     async def _extend_leases(self) -> None:
         claims = {run_id: ex.token for run_id, (_, ex) in self._active.items()}

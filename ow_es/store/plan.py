@@ -16,7 +16,7 @@ import msgspec
 from ow_es import events as ev
 from ow_es.models import StepAttempt, WorkflowRun
 from ow_es.projections import Recorded, apply_run, step_row
-from ow_es.store.port import AppendRequest, Outcome
+from ow_es.store.port import AppendRequest, Outcome, WorkflowKey
 
 
 @dataclass
@@ -28,7 +28,8 @@ class Plan:
     steps: list[StepAttempt] = field(default_factory=list)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     follow_ups: list[AppendRequest] = field(default_factory=list)
-    ready: bool = False
+    # Runs made ready (or created, due later): run id -> (workflow name, version).
+    ready: dict[str, WorkflowKey] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
 
     def merge(self, other: Plan) -> None:
@@ -37,7 +38,7 @@ class Plan:
         self.steps.extend(other.steps)
         self.outcomes.update(other.outcomes)
         self.follow_ups.extend(other.follow_ups)
-        self.ready = self.ready or other.ready
+        self.ready.update(other.ready)
         self.done.extend(other.done)
 
 
@@ -194,7 +195,8 @@ def _ready(row: WorkflowRun, now: datetime) -> bool:
 
 def _note_transitions(plan: Plan, old: WorkflowRun | None, new: WorkflowRun, now: datetime) -> None:
     if _ready(new, now) or (old is None and new.available_at is not None):
-        plan.ready = True  # a new run, due now or later: idle workers re-arm their timers
+        # A new run, due now or later: a worker claims it, or re-arms its timer.
+        plan.ready[new.id] = (new.workflow_name, new.version)
     if new.is_terminal and (old is None or not old.is_terminal):
         plan.done.append(new.id)
         if new.parent_run_id is not None and new.parent_step_name is not None:

@@ -8,7 +8,7 @@ translate driver errors into ow-es errors, so nothing above them imports psycopg
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -17,6 +17,7 @@ import msgspec
 
 from ow_es.events import EventData
 from ow_es.models import Event, RunPage, StepAttempt, WorkflowRun
+from ow_es.store.wake_port import WakeChannel as WakeChannel  # its home is wake_port
 
 if TYPE_CHECKING:
     from ow_es.limits import Limits
@@ -177,8 +178,9 @@ class Primitives(Protocol):
 
     async def record_signal_send(self, key: str, signal_name: str, run_ids: list[str]) -> None: ...
 
-    def notify(self, *, ready: bool, done: list[str]) -> None:
-        """After commit, wake workers (``ready``) and the waiters of runs that ended."""
+    def notify(self, *, ready: Mapping[str, WorkflowKey], done: list[str]) -> None:
+        """After commit, wake workers (``ready``: run id -> its workflow, for the runs made
+        ready) and the waiters of runs that ended."""
         ...
 
 
@@ -363,34 +365,4 @@ class Adapter(Reads, Protocol):
     @property
     def schedules(self) -> Schedules:
         """The ``schedules`` table: cron schedules, their next tick and paused state."""
-        ...
-
-
-class WakeChannel(Protocol):
-    """Wake-ups: 'a run may be ready' and 'run X finished'."""
-
-    # True when wake-ups come from other processes too (LISTEN/NOTIFY); False when only
-    # from this process, so waiters must also poll.
-    pushes: bool
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def ready_waiter(self) -> ReadyWaiter:
-        """A waiter for 'a run may be ready' notifications; every waiter sees every one."""
-        ...
-
-    def subscribe_done(self, run_id: str) -> DoneWaiter: ...
-
-
-class DoneWaiter(Protocol):
-    async def wait(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-class ReadyWaiter(Protocol):
-    async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a notification this waiter has not seen."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class DoneWaiters:
@@ -88,6 +89,34 @@ class ReadyWaiter:
         woken = self._signal.generation != self._seen
         self._seen = self._signal.generation
         return woken
+
+
+class Lane:
+    """A worker's own wake-up channel (PostgreSQL): a transaction that makes one run ready
+    tells one live worker that serves it, chosen when it commits, instead of every worker.
+
+    ``name`` is what the worker records in the registry (None: no lane, as on SQLite, where
+    every wake-up is for everyone); ``signal`` counts the wake-ups that came on it (each also
+    wakes every waiter of the process). A worker with no free slot passes a wake-up on to every
+    worker (``rebroadcast``); once closed, the listener passes on the ones still sent to it."""
+
+    def __init__(
+        self,
+        name: str | None,
+        rebroadcast: Callable[[], None] = lambda: None,
+        close: Callable[[Lane], None] = lambda lane: None,
+    ) -> None:
+        self.name = name
+        self.signal = ReadySignal()
+        self._rebroadcast = rebroadcast
+        self._close = close
+
+    def rebroadcast(self) -> None:
+        """Wake every worker (sent in the background)."""
+        self._rebroadcast()
+
+    def close(self) -> None:
+        self._close(self)
 
 
 async def _consume(event: asyncio.Event, timeout: float) -> bool:

@@ -339,13 +339,13 @@ JOIN events e ON e.namespace_id = %(ns)s AND e.run_id = k.run_id AND e.seq = k.s
 
 -- name: register_worker
 INSERT INTO workers (namespace_id, id, host, pid, workflows, concurrency, busy, ttl_seconds,
-                     started_at, heartbeat_at)
+                     started_at, heartbeat_at, lane)
 VALUES (%(ns)s, %(id)s, %(host)s, %(pid)s, %(workflows)s::jsonb, %(concurrency)s, 0, %(ttl)s,
-        now(), now())
+        now(), now(), %(lane)s)
 ON CONFLICT (namespace_id, id) DO UPDATE SET
     host = excluded.host, pid = excluded.pid, workflows = excluded.workflows,
     concurrency = excluded.concurrency, ttl_seconds = excluded.ttl_seconds,
-    heartbeat_at = now()
+    heartbeat_at = now(), lane = excluded.lane
 RETURNING id
 
 -- name: expire_workers

@@ -32,6 +32,7 @@ class PostgresRegistry:
             "workflows": tables.dumps(worker.workflows),
             "concurrency": worker.concurrency,
             "ttl": ttl_seconds,
+            "lane": worker.lane,
         }
         await self._store.fetch(Q["register_worker"], params, "registering")
         await self._store.fetch(Q["expire_workers"], {}, "expiring workers")

@@ -119,12 +119,12 @@ def statement(single: Single, gate_key: int, channels: Channels) -> tuple[str, l
         params += present(values)
     notes = list(channels.payloads(ready=single.plan.ready, done=single.plan.done))
     for note in notes:
-        params += note
+        params += note.params
     shape = (
         run_shape,
         tuple(now_flags(e) for e in events),
         tuple(now_flags(s) for s in steps),
-        len(notes),
+        tuple(note.sql for note in notes),
     )
     return _sql(shape), params
 
@@ -163,7 +163,7 @@ def _sql(shape: tuple[Any, ...]) -> str:
         )
     final = "SELECT (SELECT count(*) FROM run), now()"
     if notes:
-        notify = " UNION ALL ".join(["SELECT pg_notify(%s, %s) FROM run"] * notes)
+        notify = " UNION ALL ".join(f"SELECT {note} FROM run" for note in notes)
         parts.append(f"note AS ({notify})")
         final += ", (SELECT count(*) FROM note)"
     return ",\n".join(parts) + "\n" + final

@@ -7,7 +7,7 @@ rows; write, notify and commit).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -43,7 +43,7 @@ class PostgresTransaction:
         self._conn = conn
         self._begin = begin  # its row holds the transaction's now()
         self._now: datetime | None = None
-        self.ready = False
+        self.ready: dict[str, WorkflowKey] = {}  # run id -> its workflow, of runs made ready
         self.done: list[str] = []
 
     async def now(self) -> datetime:
@@ -92,16 +92,17 @@ class PostgresTransaction:
             params = [tables.values(STEPS, s, stamp) for s in plan.steps]
             await cur.executemany(cast(Any, _UPSERT_STEP), params)
 
-    def notify(self, *, ready: bool, done: list[str]) -> None:
-        self.ready = self.ready or ready
+    def notify(self, *, ready: Mapping[str, WorkflowKey], done: list[str]) -> None:
+        self.ready.update(ready)
         self.done.extend(done)
 
     async def send_notifications(self, channels: Channels) -> None:
         """One NOTIFY per channel and transaction: NOTIFY serialises commits cluster-wide.
-        Queued; sent with the commit."""
+        One run made ready is told to one worker that serves it (``lanes.py``). Queued; sent
+        with the commit."""
         cur = self._conn.cursor()
-        for channel, payload in channels.payloads(ready=self.ready, done=self.done):
-            await cur.execute("SELECT pg_notify(%s, %s)", [channel, payload])
+        for note in channels.payloads(ready=self.ready, done=self.done):
+            await cur.execute(cast(Any, f"SELECT {note.sql}"), note.params)
 
     async def select_ready(
         self, workflows: Sequence[WorkflowKey], limit: int, taken: Sequence[str] = ()

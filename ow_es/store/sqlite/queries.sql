@@ -262,12 +262,12 @@ JOIN events e ON e.namespace_id = ?1 AND e.run_id = json_extract(k.value, '$[0]'
 
 -- name: register_worker
 INSERT INTO workers (namespace_id, id, host, pid, workflows, concurrency, busy, ttl_seconds,
-                     started_at, heartbeat_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?8)
+                     started_at, heartbeat_at, lane)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?8, ?9)
 ON CONFLICT (namespace_id, id) DO UPDATE SET
     host = excluded.host, pid = excluded.pid, workflows = excluded.workflows,
     concurrency = excluded.concurrency, ttl_seconds = excluded.ttl_seconds,
-    heartbeat_at = excluded.heartbeat_at
+    heartbeat_at = excluded.heartbeat_at, lane = excluded.lane
 
 -- name: expire_workers
 DELETE FROM workers WHERE namespace_id = ?1 AND heartbeat_at < ?2

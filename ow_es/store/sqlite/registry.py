@@ -36,7 +36,7 @@ class SqliteRegistry:
             await conn.execute(
                 Q["register_worker"],
                 (ns, worker.id, worker.host, worker.pid, workflows, worker.concurrency,
-                 ttl_seconds, ts(now)),
+                 ttl_seconds, ts(now), worker.lane),
             )  # fmt: skip
             await conn.execute(Q["expire_workers"], (ns, ts(now - timedelta(days=1))))
 

@@ -4,7 +4,7 @@ IMMEDIATE`` holds the database's write lock, so every read here is already locke
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,8 +103,8 @@ class SqliteTransaction:
             params = [tables.values(STEPS, s, self._time) for s in plan.steps]
             await self._conn.executemany(_UPSERT_STEP, params)
 
-    def notify(self, *, ready: bool, done: list[str]) -> None:
-        self.ready = self.ready or ready
+    def notify(self, *, ready: Mapping[str, WorkflowKey], done: list[str]) -> None:
+        self.ready = self.ready or bool(ready)
         self.done.extend(done)
 
     async def select_ready(

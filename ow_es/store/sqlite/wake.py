@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from ow_es.store.wake import DoneWaiters, ReadySignal, ReadyWaiter, Waiter
+from ow_es.store.wake import DoneWaiters, Lane, ReadySignal, ReadyWaiter, Waiter
 
 
 class SqliteWakeChannel:
@@ -35,3 +35,6 @@ class SqliteWakeChannel:
 
     def subscribe_done(self, run_id: str) -> Waiter:
         return self.done.subscribe(run_id)
+
+    async def open_lane(self, worker_id: str) -> Lane:
+        return Lane(None)  # no lanes: every wake-up is for every waiter of the process
