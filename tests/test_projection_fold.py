@@ -121,6 +121,9 @@ class ProjectionMachine(RuleBasedStateMachine):
             lambda: self.finish(0, "complete", "current"),
             lambda: self.finish(0, "release"),
             lambda: self.resume_or_wake(0),
+            lambda: self.claim(10),
+            lambda: self.finish(0, "fail"),
+            lambda: self.resume_or_wake(1),  # the failed run after r001 (failed by its deadline)
         )
         for action in tour:
             action()
