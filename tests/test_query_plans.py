@@ -300,3 +300,28 @@ async def test_the_seeded_history_is_one_a_rebuild_agrees_with(seeded: Seeded) -
         await client.close()
     assert report.events >= RUNS * 9
     assert report.differences == []
+
+
+def _rows_read(node: dict[str, Any]) -> int:
+    """Rows the plan's scans of ``workflow_runs`` produced or removed by a filter."""
+    own = 0
+    if node.get("Relation Name") == "workflow_runs":
+        loops = int(node.get("Actual Loops", 1))
+        own = (int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0))) * loops
+    return own + sum(_rows_read(child) for child in node.get("Plans", []))
+
+
+@pytest.mark.parametrize("served", [[LIVE], SERVED], ids=["other-workflow-parked", "own-parked"])
+def test_the_next_timer_is_found_without_walking_parked_runs(
+    seeded: Seeded, served: list[str]
+) -> None:
+    """A worker reads its next timer on every idle round: one index probe per workflow it
+    serves, not a walk over the 1,000 runs parked far ahead (its own or another workflow's)."""
+    query = load("postgres")["next_wake_at"]
+    params = {"ns": NAMESPACE, "names": served, "versions": [""] * len(served)}
+    with psycopg.connect(
+        seeded.url, autocommit=True, options=f"-c search_path={seeded.schema}"
+    ) as conn:
+        literal = psycopg.ClientCursor(conn).mogrify(query, params)
+        (plan,) = _row(conn, f"EXPLAIN (ANALYZE, FORMAT JSON) {literal}")
+    assert _rows_read(plan[0]["Plan"]) <= 60, plan

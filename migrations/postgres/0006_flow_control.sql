@@ -9,11 +9,16 @@ CREATE INDEX workflow_runs_queue
     ON workflow_runs (namespace_id, priority DESC, available_at)
     WHERE status IN ('pending', 'running') AND waiting_for IS NULL AND available_at IS NOT NULL;
 
--- Runs whose timer is due (sleeps, waits, retries): a range up to now() that never walks the
--- queued runs (workflow_runs_ready holds both kinds).
+-- Timers (sleeps, waits, retries), per workflow: the due ones are a range up to now() that
+-- never walks the queued runs (workflow_runs_ready holds both kinds), and a worker's next
+-- timer is one probe per workflow it serves, however many runs of others are parked.
 CREATE INDEX workflow_runs_timers
-    ON workflow_runs (namespace_id, available_at)
+    ON workflow_runs (namespace_id, workflow_name, available_at)
     WHERE status IN ('pending', 'running') AND waiting_for IS NOT NULL;
+-- Delayed starts, per workflow (a worker's next timer): the ready backlog is before now().
+CREATE INDEX workflow_runs_pending
+    ON workflow_runs (namespace_id, workflow_name, available_at)
+    WHERE status = 'pending';
 
 -- Places held (a claim token from run_claimed until the run parks, is released or ends) and
 -- first claims, for the limits: counted from the runs projection, no counter row to contend on.

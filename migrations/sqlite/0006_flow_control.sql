@@ -6,8 +6,11 @@ CREATE INDEX workflow_runs_queue
     ON workflow_runs (namespace_id, priority DESC, available_at)
     WHERE status IN ('pending', 'running') AND waiting_for IS NULL AND available_at IS NOT NULL;
 CREATE INDEX workflow_runs_timers
-    ON workflow_runs (namespace_id, available_at)
+    ON workflow_runs (namespace_id, workflow_name, available_at)
     WHERE status IN ('pending', 'running') AND waiting_for IS NOT NULL;
+CREATE INDEX workflow_runs_pending
+    ON workflow_runs (namespace_id, workflow_name, available_at)
+    WHERE status = 'pending';
 CREATE INDEX workflow_runs_held
     ON workflow_runs (namespace_id, workflow_name, key)
     WHERE claim_token IS NOT NULL;

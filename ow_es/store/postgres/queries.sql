@@ -65,8 +65,8 @@ LIMIT %(limit)s
 FOR UPDATE OF r SKIP LOCKED
 
 -- name: claim_timers
--- Runs whose timer is due (sleeps, waits, retries), through workflow_runs_timers (its range
--- stops at now(): parked runs are never walked), the due ones by priority then age.
+-- Runs whose timer is due (sleeps, waits, retries), through workflow_runs_timers (per served
+-- name, its range stops at now(): parked runs are never walked), by priority then age.
 SELECT r.* FROM workflow_runs r
 WHERE r.namespace_id = %(ns)s
   AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
@@ -167,11 +167,22 @@ WHERE r.namespace_id = %(ns)s AND r.id = held.id
 RETURNING r.id
 
 -- name: next_wake_at
+-- The earliest future timer of the served workflows (a parked run: workflow_runs_timers; a
+-- delayed start: workflow_runs_pending) or lease end: one index probe per workflow name,
+-- however many runs of it or of other workflows are parked. (A parked run of a version not
+-- served may wake the worker once, for nothing.)
 SELECT least(
-    (SELECT min(available_at) FROM workflow_runs
-     WHERE namespace_id = %(ns)s AND status IN ('pending', 'running') AND available_at > now()
-       AND (workflow_name, coalesce(version, '')) IN (
-           SELECT * FROM unnest(%(names)s::text[], %(versions)s::text[]))),
+    (SELECT min(t.at) FROM unnest(%(names)s::text[]) AS n(name), LATERAL (
+         SELECT r.available_at AS at FROM workflow_runs r
+         WHERE r.namespace_id = %(ns)s AND r.workflow_name = n.name
+           AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
+           AND r.available_at > now()
+         ORDER BY r.available_at LIMIT 1) AS t),
+    (SELECT min(t.at) FROM unnest(%(names)s::text[]) AS n(name), LATERAL (
+         SELECT r.available_at AS at FROM workflow_runs r
+         WHERE r.namespace_id = %(ns)s AND r.workflow_name = n.name
+           AND r.status = 'pending' AND r.available_at > now()
+         ORDER BY r.available_at LIMIT 1) AS t),
     (SELECT min(lease_until) FROM workflow_runs
      WHERE namespace_id = %(ns)s AND lease_until > now()
        AND (workflow_name, coalesce(version, '')) IN (

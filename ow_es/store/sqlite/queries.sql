@@ -60,7 +60,7 @@ LIMIT :limit
 SELECT r.* FROM workflow_runs r INDEXED BY workflow_runs_timers
 WHERE r.namespace_id = :ns
   AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
-  AND r.available_at <= :now
+  AND r.workflow_name IN (SELECT value FROM json_each(:names)) AND r.available_at <= :now
   AND (r.workflow_name, coalesce(r.version, '')) IN (
       SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:workflows))
   AND r.id NOT IN (SELECT value FROM json_each(:taken))
@@ -130,16 +130,25 @@ WHERE namespace_id = ? AND status = 'running'
 RETURNING id
 
 -- name: next_wake_at
+-- As PostgreSQL's: one index probe per served name (workflow_runs_timers, _pending, _leased).
 SELECT min(t) FROM (
-    SELECT min(available_at) AS t FROM workflow_runs
-    WHERE namespace_id = ? AND status IN ('pending', 'running') AND available_at > ?
-      AND (workflow_name, coalesce(version, '')) IN (
-          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
+    SELECT (SELECT r.available_at FROM workflow_runs r INDEXED BY workflow_runs_timers
+            WHERE r.namespace_id = :ns AND r.workflow_name = n.value
+              AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
+              AND r.available_at > :now
+            ORDER BY r.available_at LIMIT 1) AS t
+    FROM json_each(:names) AS n
+    UNION ALL
+    SELECT (SELECT r.available_at FROM workflow_runs r INDEXED BY workflow_runs_pending
+            WHERE r.namespace_id = :ns AND r.workflow_name = n.value
+              AND r.status = 'pending' AND r.available_at > :now
+            ORDER BY r.available_at LIMIT 1)
+    FROM json_each(:names) AS n
     UNION ALL
     SELECT min(lease_until) FROM workflow_runs
-    WHERE namespace_id = ? AND lease_until > ?
+    WHERE namespace_id = :ns AND lease_until > :now
       AND (workflow_name, coalesce(version, '')) IN (
-          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))
+          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:workflows))
 )
 
 -- name: get_run

@@ -184,11 +184,14 @@ class SqliteStore:
     async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
         if not workflows:
             return None
-        now, wf = ts(_now()), workflows_json(workflows)
+        params = {
+            "ns": self.namespace,
+            "now": ts(_now()),
+            "names": tables.dumps(sorted({name for name, _ in workflows})),
+            "workflows": workflows_json(workflows),
+        }
         rows = list(
-            await self._require(self._reader).execute_fetchall(
-                Q["next_wake_at"], (self.namespace, now, wf, self.namespace, now, wf)
-            )
+            await self._require(self._reader).execute_fetchall(Q["next_wake_at"], params)
         )
         return datetime.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
 

@@ -116,6 +116,7 @@ class SqliteTransaction:
             "ns": self.namespace,
             "now": ts(self._now),
             "workflows": workflows_json(workflows),
+            "names": names,
             "taken": tables.dumps(list(taken)),
             "limit": limit,
         }
