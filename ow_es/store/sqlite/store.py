@@ -190,9 +190,7 @@ class SqliteStore:
             "names": tables.dumps(sorted({name for name, _ in workflows})),
             "workflows": workflows_json(workflows),
         }
-        rows = list(
-            await self._require(self._reader).execute_fetchall(Q["next_wake_at"], params)
-        )
+        rows = list(await self._require(self._reader).execute_fetchall(Q["next_wake_at"], params))
         return datetime.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
 
     # -- reads -----------------------------------------------------------------------------
