@@ -45,18 +45,38 @@ NOT coalesce((
       )
     LIMIT 1), false)
 
--- name: claim_queued
--- Runs ready without a timer, by priority then age, through the workflow_runs_queue index:
+-- name: queued_runs
+-- Runs ready without a timer (workflow_runs_queue, read in its order by priority then age):
 -- the filters are written so the planner keeps the index order and stops after LIMIT rows
 -- (an exact (name, version) pair test makes it under-estimate and sort the whole backlog,
 -- and so would a due-time range it could take to workflow_runs_ready: "IS TRUE" keeps the
--- time a filter). The exact pairs are checked by the caller.
-SELECT r.* FROM workflow_runs r
-WHERE r.namespace_id = %(ns)s
+-- time a filter). The exact pairs are checked afterwards.
+r.namespace_id = %(ns)s
   AND r.status IN ('pending', 'running') AND r.waiting_for IS NULL
   AND r.available_at IS NOT NULL AND (r.available_at <= now()) IS TRUE
   AND r.workflow_name = ANY(%(names)s::text[])
   AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+
+-- name: due_timers
+-- Runs whose timer is due (sleeps, waits, retries), through workflow_runs_timers (per served
+-- name, its range stops at now(): parked runs are never walked).
+r.namespace_id = %(ns)s
+  AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
+  AND r.available_at <= now()
+  AND r.workflow_name = ANY(%(names)s::text[])
+  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+
+-- name: expired_leases
+-- Runs whose worker's lease ran out (workflow_runs_leased); they hold their place already.
+r.namespace_id = %(ns)s AND r.lease_until < now() AND r.status = 'running'
+  AND r.workflow_name = ANY(%(names)s::text[])
+  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+
+-- name: claim_queued
+-- Queued runs the limits let through, by priority then age.
+SELECT r.* FROM workflow_runs r
+WHERE
+  -- include: queued_runs
   AND r.id <> ALL(%(taken)s::text[])
   AND
   -- include: within_limits
@@ -65,14 +85,10 @@ LIMIT %(limit)s
 FOR UPDATE OF r SKIP LOCKED
 
 -- name: claim_timers
--- Runs whose timer is due (sleeps, waits, retries), through workflow_runs_timers (per served
--- name, its range stops at now(): parked runs are never walked), by priority then age.
+-- Due timers the limits let through, by priority then age.
 SELECT r.* FROM workflow_runs r
-WHERE r.namespace_id = %(ns)s
-  AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
-  AND r.available_at <= now()
-  AND r.workflow_name = ANY(%(names)s::text[])
-  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+WHERE
+  -- include: due_timers
   AND r.id <> ALL(%(taken)s::text[])
   AND
   -- include: within_limits
@@ -119,13 +135,10 @@ LEFT JOIN LATERAL (
 WHERE l.namespace_id = %(ns)s
 
 -- name: claim_expired
--- Runs whose worker's lease ran out (after the due ones: new work is preferred).
+-- Expired leases, after the due runs (new work is preferred).
 SELECT r.* FROM workflow_runs r
-WHERE r.namespace_id = %(ns)s
-  AND r.lease_until < now()
-  AND r.status = 'running'
-  AND r.workflow_name = ANY(%(names)s::text[])
-  AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+WHERE
+  -- include: expired_leases
 ORDER BY r.lease_until
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -449,8 +462,9 @@ GROUP BY 1, 2, 3
 -- name: claim_in_one
 -- The claim in one statement (store/postgres/claim.py): ready runs by priority then age, then
 -- expired leases, locked SKIP LOCKED; their rows updated as folding run_claimed does; their
--- events appended; the rows returned. The scans are written as claim_queued's are; the exact
--- (name, version) pairs, and whether to claim at all, are checked on the locked candidates.
+-- events appended; the rows returned. The scans are the transaction path's (queued_runs,
+-- due_timers, expired_leases) without its limits filter; the exact (name, version) pairs, and
+-- whether to claim at all, are checked on the locked candidates.
 -- Nothing is claimed, and the flags say why, while the append gate is taken or a served
 -- workflow has stored limits; runs past their deadline are counted for fail_overdue.
 WITH gate AS (SELECT pg_try_advisory_xact_lock_shared(%(gate)s) AS held),
@@ -462,22 +476,16 @@ limited AS (
 free AS (SELECT (SELECT held FROM gate) AND NOT (SELECT yes FROM limited) AS go),
 queued AS (
     SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at FROM workflow_runs r
-    WHERE r.namespace_id = %(ns)s
-      AND r.status IN ('pending', 'running') AND r.waiting_for IS NULL
-      AND r.available_at IS NOT NULL AND (r.available_at <= now()) IS TRUE
-      AND r.workflow_name = ANY(%(names)s::text[])
-      AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+    WHERE
+    -- include: queued_runs
     ORDER BY r.priority DESC, r.available_at
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
 ),
 timers AS (
     SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at FROM workflow_runs r
-    WHERE r.namespace_id = %(ns)s
-      AND r.status IN ('pending', 'running') AND r.waiting_for IS NOT NULL
-      AND r.available_at <= now()
-      AND r.workflow_name = ANY(%(names)s::text[])
-      AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+    WHERE
+    -- include: due_timers
     ORDER BY r.priority DESC, r.available_at
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
@@ -485,9 +493,8 @@ timers AS (
 expired AS (
     SELECT r.id, 1 AS tier, 0 AS priority, r.lease_until AS available_at, r.deadline_at
     FROM workflow_runs r
-    WHERE r.namespace_id = %(ns)s AND r.lease_until < now() AND r.status = 'running'
-      AND r.workflow_name = ANY(%(names)s::text[])
-      AND (r.version = ANY(%(versions)s::text[]) OR (r.version IS NULL AND %(unversioned)s))
+    WHERE
+    -- include: expired_leases
     ORDER BY r.lease_until
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
