@@ -179,6 +179,10 @@ async def test_limits_from_code_are_stored_and_an_operators_win(ow: ow_es.OpenWo
         pass
     (stored,) = await ow.limits()
     assert stored.source == "code" and stored.limits == ow_es.Limits(per_key=2)
+    declared.limits = ow_es.Limits()  # a deploy whose code declares no limits any more
+    async with running_worker(ow):
+        pass
+    assert await ow.limits() == []
 
 
 async def test_a_limited_workflow_runs_to_the_end_through_a_worker(
