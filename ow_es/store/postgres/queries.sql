@@ -475,7 +475,8 @@ limited AS (
 ),
 free AS (SELECT (SELECT held FROM gate) AND NOT (SELECT yes FROM limited) AS go),
 queued AS (
-    SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at FROM workflow_runs r
+    SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at, r.workflow_name, r.version
+    FROM workflow_runs r
     WHERE
     -- include: queued_runs
     ORDER BY r.priority DESC, r.available_at
@@ -483,7 +484,8 @@ queued AS (
     FOR UPDATE OF r SKIP LOCKED
 ),
 timers AS (
-    SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at FROM workflow_runs r
+    SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at, r.workflow_name, r.version
+    FROM workflow_runs r
     WHERE
     -- include: due_timers
     ORDER BY r.priority DESC, r.available_at
@@ -491,7 +493,8 @@ timers AS (
     FOR UPDATE OF r SKIP LOCKED
 ),
 expired AS (
-    SELECT r.id, 1 AS tier, 0 AS priority, r.lease_until AS available_at, r.deadline_at
+    SELECT r.id, 1 AS tier, 0 AS priority, r.lease_until AS available_at, r.deadline_at,
+           r.workflow_name, r.version
     FROM workflow_runs r
     WHERE
     -- include: expired_leases
@@ -504,10 +507,13 @@ picked AS (
     ORDER BY tier, priority DESC, available_at
     LIMIT %(limit)s
 ),
+-- The claimed ids in claim order, as one array computed once: the candidates carry what the
+-- checks need, so no join goes back to workflow_runs, and the update finds its rows by primary
+-- key (a join there rescanned the candidates for every run of the namespace it walked).
 chosen AS (
-    SELECT r.id, row_number() OVER (ORDER BY p.tier, p.priority DESC, p.available_at) AS n
-    FROM picked p JOIN workflow_runs r ON r.namespace_id = %(ns)s AND r.id = p.id
-    WHERE (p.deadline_at IS NULL OR p.deadline_at > now())
+    SELECT array_agg(r.id ORDER BY r.tier, r.priority DESC, r.available_at) AS ids
+    FROM picked r
+    WHERE (r.deadline_at IS NULL OR r.deadline_at > now())
       AND (SELECT go FROM free)
       AND
       -- include: served_pair
@@ -516,7 +522,7 @@ run AS (
     UPDATE workflow_runs w SET
         status = 'running',
         worker_id = %(worker)s,
-        claim_token = (%(tokens)s::text[])[c.n],
+        claim_token = (%(tokens)s::text[])[array_position((SELECT ids FROM chosen), w.id)],
         lease_until = now() + make_interval(secs => %(lease)s),
         available_at = NULL,
         waiting_for = NULL,
@@ -524,9 +530,8 @@ run AS (
         attempts = greatest(w.attempts, 1),
         seq = w.seq + 1,
         updated_at = now()
-    FROM chosen c
-    WHERE w.namespace_id = %(ns)s AND w.id = c.id
-    RETURNING w.*, c.n AS claim_order
+    WHERE w.namespace_id = %(ns)s AND w.id = ANY((SELECT ids FROM chosen)::text[])
+    RETURNING w.*, array_position((SELECT ids FROM chosen), w.id) AS claim_order
 ),
 event AS (
     INSERT INTO events (namespace_id, run_id, seq, type, schema_version, data, created_at)
