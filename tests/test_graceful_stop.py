@@ -159,6 +159,36 @@ async def test_a_busy_worker_still_fails_runs_past_their_deadline(
     assert info.value.error_type == "DeadlineExceeded"
 
 
+async def test_a_worker_that_fills_up_again_and_again_checks_deadlines_once_a_poll(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """The overdue check a full worker makes is a transaction: a worker draining a backlog
+    fills its slots after every run, and must not pay one each time."""
+
+    @ow.workflow(name="quick")
+    async def quick(ctx: ow_es.Context) -> None:
+        async def nothing() -> None:
+            return None
+
+        await ctx.step.run("nothing", nothing)
+
+    await ow.connect()
+    handles = [await quick.start() for _ in range(40)]
+    checks = 0
+    real = ow.store.fail_overdue
+
+    async def counted(*args: Any, **kwargs: Any) -> int:
+        nonlocal checks
+        checks += 1
+        return await real(*args, **kwargs)
+
+    ow.store.fail_overdue = counted  # type: ignore[method-assign]
+    async with running_worker(ow, concurrency=1, poll_interval="10s"):
+        for handle in handles:
+            await handle.result(timeout=30)
+    assert checks <= 2, f"{checks} overdue checks while draining 40 runs in one poll interval"
+
+
 @pytest.mark.slow
 async def test_a_second_sigterm_stops_the_cli_worker_at_once(
     make_client: Any, db: dict[str, Any], processes: Processes

@@ -97,6 +97,7 @@ class Worker:
         self._stop_timeout = to_seconds(stop_timeout, "stop_timeout")
         self._active: dict[str, tuple[asyncio.Task[None], Execution]] = {}
         self._slot_freed = asyncio.Event()
+        self._overdue_checked_at = float("-inf")  # loop time of the busy worker's last check
         self._threads: ThreadPoolExecutor | None = None
         self._run_task: asyncio.Task[Any] | None = None
         self._releasing: asyncio.Future[None] | None = None  # kept so it is not collected
@@ -189,7 +190,7 @@ class Worker:
                     claimed_from = seen
                 elif free == 0:  # no slot to claim into, but deadlines still end runs on time
                     self._lane.after_round(claimed_from=None, full=True)  # pass wake-ups on
-                    await store.fail_overdue(self.worker_id, workflows)
+                    await self._fail_overdue(workflows)
             except OwEsError as exc:
                 log.warning("claim failed: %s", exc)
             claimed = claim.runs
@@ -217,6 +218,15 @@ class Worker:
             # round reads it); it readies another run only when we were full (work may be
             # waiting) or a limit may have held one back. Else claiming would find nothing.
             claiming = woke != {"slot"} or full or claim.limited or not wake.pushes
+
+    async def _fail_overdue(self, workflows: list[tuple[str, str | None]]) -> None:
+        """While every slot is busy: fail the ready runs past their deadline, about once per
+        poll interval (not on every round: a busy worker fills up again and again)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._overdue_checked_at + self.poll_interval / 2:
+            return
+        self._overdue_checked_at = now
+        await self.client.store.fail_overdue(self.worker_id, workflows)
 
     async def _until_next_timer(self, workflows: list[tuple[str, str | None]]) -> float:
         try:
