@@ -22,6 +22,7 @@ from ow_es.models import WorkflowRun
 from ow_es.projections import apply_run
 from ow_es.store import Appended, AppendRequest, Store, rules, statements, tables
 from ow_es.store.codec import recorded_from_event
+from ow_es.store.postgres import batched
 from ow_es.store.postgres.store import PostgresStore
 from ow_es.store.tables import RUNS
 
@@ -270,6 +271,60 @@ async def test_a_batch_writes_each_append_once_whichever_way_it_goes(
         assert [e.data["step_name"] for e in events[2:]] == steps
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [o.first_seq for o in outcomes[:4]] == [3, 4, 3, 4]  # type: ignore[union-attr]
+
+
+async def test_alike_appends_of_a_batch_are_one_statement_each_fenced(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends of one shape (here: two steps' records at once, on each of six runs) go out as
+    one statement. It keeps every append's fence: the two runs that moved on write nothing
+    there and take the general path; the others are written as their own statements would
+    be, rows, step rows and events in order."""
+    runs = [await claimed_run(store) for _ in range(6)]
+    moved = runs[1::3]
+    for run in moved:
+        await store.append(
+            [AppendRequest(run_id=run.id, claim_token=run.claim_token, events=[completed("x")])]
+        )
+    used: list[int] = []
+    real_params = batched.params
+
+    def counted(shape: Any, members: Any, gate_key: int) -> list[Any]:
+        used.append(len(members))
+        return real_params(shape, members, gate_key)
+
+    monkeypatch.setattr(batched, "params", counted)
+    transactions = count_transactions(store, monkeypatch)
+    outcomes = await store.append(
+        [
+            AppendRequest(
+                run_id=run.id,
+                claim_token=run.claim_token,
+                events=[completed("a"), completed("b")],
+                known=run,
+            )
+            for run in runs
+        ]
+    )
+    assert used == [6]
+    assert len(transactions) == 1  # the general path, for the two that moved on
+    assert all(isinstance(o, Appended) for o in outcomes), outcomes
+    for run, outcome in zip(runs, outcomes, strict=True):
+        assert isinstance(outcome, Appended)
+        events = await store.read_run_events(run.id)
+        steps = [e.data["step_name"] for e in events[2:]]
+        assert steps == (["x", "a", "b"] if run in moved else ["a", "b"])
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        live = await store.get_run(run.id)
+        assert live is not None and live.seq == len(events)
+        if run not in moved:
+            assert msgspec.structs.replace(outcome.run, lease_until=live.lease_until) == live
+        rows = await store.step_attempts(run.id)
+        assert sorted(r.step_name for r in rows) == sorted(steps)
+    log = await store.read_log(None, 1000)
+    for run in runs:  # the log holds each run's events in their order
+        seqs = [e.seq for e in log.events if e.run_id == run.id]
+        assert seqs == sorted(seqs)
 
 
 # -- the claim in one statement ------------------------------------------------------------

@@ -25,9 +25,9 @@ waits for it, nothing is written and the general path waits for the gate instead
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -35,6 +35,8 @@ import psycopg
 
 from ow_es.store import codec, statements, tables
 from ow_es.store.port import Single
+from ow_es.store.postgres import batched
+from ow_es.store.postgres.batched import Shape
 from ow_es.store.postgres.claim import OneStatementClaims
 from ow_es.store.postgres.errors import RETRYABLE
 from ow_es.store.postgres.wake import Channels
@@ -57,43 +59,80 @@ class OneStatementAppends:
 
     async def write_singles(self, singles: Sequence[Single]) -> list[datetime | None]:
         """Alone in autocommit, or several in one pipelined transaction (in the order given,
-        run id order). A lost deadlock leaves them all to the general path."""
-        statements = [statement(s, self._gate_key, self._channels) for s in singles]
+        run id order; alike appends as one statement). A lost deadlock leaves them all to the
+        general path."""
+        parts = [statement(s, self._channels) for s in singles]
         async with self._connection("appending events") as conn:
             try:
-                rows = await _execute(conn, statements)
+                written = await _execute(conn, parts, self._gate_key)
             except RETRYABLE:
                 return [None] * len(singles)
-        return [cast(datetime, row[1]) if row[0] else None for row in rows]
+        return [cast(datetime, now) if ok else None for ok, now in written]
 
 
 async def _execute(
-    conn: psycopg.AsyncConnection[Any], statements: list[tuple[str, list[Any]]]
-) -> list[tuple[Any, ...]]:
-    """Each statement's one row. Neighbours of one text go out as one ``executemany`` (its
-    query converted and its statement parsed once), still in the order given."""
-    if len(statements) == 1:
-        ((query, params),) = statements
-        cur = await conn.execute(cast(Any, query), params, prepare=True)
-        return [cast(tuple[Any, ...], await cur.fetchone())]
-    groups: list[tuple[psycopg.AsyncCursor[Any], int]] = []
+    conn: psycopg.AsyncConnection[Any], parts: list[Parts], gate_key: int
+) -> list[tuple[bool, Any]]:
+    """Whether each append was written, and the transaction's time. Appends of one shape go
+    out as one statement (``batched``) where they can, else as one ``executemany`` (its query
+    converted and its statement parsed once)."""
+    if len(parts) == 1:
+        (one,) = parts
+        cur = await conn.execute(cast(Any, _sql(one.shape)), one.params(gate_key), prepare=True)
+        row = cast(tuple[Any, ...], await cur.fetchone())
+        return [(bool(row[0]), row[1])]
+    groups: dict[Shape, list[int]] = {}
+    for index, part in enumerate(parts):
+        groups.setdefault(part.shape, []).append(index)
+    sent: list[tuple[list[int], psycopg.AsyncCursor[Any], bool]] = []
     async with conn.pipeline(), conn.transaction():
-        for query, group in itertools.groupby(statements, key=lambda s: s[0]):
-            params = [p for _, p in group]
+        for shape, members in groups.items():
             cur = conn.cursor()
-            await cur.executemany(cast(Any, query), params, returning=True)
-            groups.append((cur, len(params)))
-    rows: list[tuple[Any, ...]] = []
-    for cur, count in groups:
-        for index in range(count):
-            if index:
+            if len(members) > 1 and batched.batchable(shape):
+                group = [parts[i] for i in members]
+                await cur.execute(
+                    cast(Any, batched.sql(shape)), batched.params(shape, group, gate_key)
+                )
+                sent.append((members, cur, True))
+            else:
+                params = [parts[i].params(gate_key) for i in members]
+                await cur.executemany(cast(Any, _sql(shape)), params, returning=True)
+                sent.append((members, cur, False))
+    written: list[tuple[bool, Any]] = [(False, None)] * len(parts)
+    for members, cur, as_one in sent:
+        if as_one:
+            indexes, now = cast(tuple[Any, ...], await cur.fetchone())
+            for position in indexes or ():
+                written[members[position]] = (True, now)
+            continue
+        for count, index in enumerate(members):
+            if count:
                 cur.nextset()
-            rows.append(cast(tuple[Any, ...], await cur.fetchone()))
-    return rows
+            row = cast(tuple[Any, ...], await cur.fetchone())
+            written[index] = (bool(row[0]), row[1])
+    return written
 
 
-def statement(single: Single, gate_key: int, channels: Channels) -> tuple[str, list[Any]]:
-    """The statement and its parameters; its one row is (run rows written, now())."""
+@dataclass
+class Parts:
+    """An append's statement: its shape (which picks the SQL) and its parameters in parts."""
+
+    shape: Shape
+    run: list[Any]  # the row's values (a new run), or the changed ones, then its key and fence
+    events: list[list[Any]]  # each event's values, but those written as now()
+    steps: list[list[Any]]  # each step row's values, likewise
+    notes: list[Any]
+
+    def params(self, gate_key: int) -> list[Any]:
+        """The parameters of the one-append statement (``_sql``)."""
+        flat = [gate_key, *self.run]
+        for values in (*self.events, *self.steps):
+            flat += values
+        return [*flat, *self.notes]
+
+
+def statement(single: Single, channels: Channels) -> Parts:
+    """The append's statement in parts; its one row is (run rows written, now())."""
     mark = single.time.hook(_NOW)
 
     def now_flags(row: tuple[Any, ...] | list[Any]) -> tuple[bool, ...]:
@@ -102,31 +141,32 @@ def statement(single: Single, gate_key: int, channels: Channels) -> tuple[str, l
     def present(row: tuple[Any, ...] | list[Any]) -> list[Any]:
         return [v for v in row if v is not _NOW]
 
-    params: list[Any] = [gate_key]
     if single.old is None:
         values = tables.values(RUNS, single.new, mark)
         run_shape: tuple[Any, ...] = ("insert", now_flags(values))
-        params += present(values)
+        run = present(values)
     else:
         changes = tables.changes(RUNS, [(single.old, single.new)], mark)
         ((columns, (row,)),) = changes.items()
         *changed, namespace, run_id = row
         run_shape = ("update", tuple(zip(columns, now_flags(changed), strict=True)))
-        params += [*present(changed), namespace, run_id, single.old.seq, single.claim_token]
+        run = [*present(changed), namespace, run_id, single.old.seq, single.claim_token]
     events = [codec.event_values(e, mark) for e in single.plan.events]
     steps = [tables.values(STEPS, s, mark) for s in single.plan.steps]
-    for values in (*events, *steps):
-        params += present(values)
     notes = list(channels.payloads(ready=single.plan.ready, done=single.plan.done))
-    for note in notes:
-        params += note.params
     shape = (
         run_shape,
         tuple(now_flags(e) for e in events),
         tuple(now_flags(s) for s in steps),
         tuple(note.sql for note in notes),
     )
-    return _sql(shape), params
+    return Parts(
+        shape=shape,
+        run=run,
+        events=[present(e) for e in events],
+        steps=[present(s) for s in steps],
+        notes=[p for note in notes for p in note.params],
+    )
 
 
 @functools.cache
