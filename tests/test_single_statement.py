@@ -327,6 +327,54 @@ async def test_alike_appends_of_a_batch_are_one_statement_each_fenced(
         assert seqs == sorted(seqs)
 
 
+async def test_alike_run_ends_are_one_statement_that_tells_their_waiters(
+    store: Store, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five runs end in one group commit: one statement, whose notification on the "done"
+    channel names each run it ended (and not the one that moved on, which the general path
+    ends and tells of itself)."""
+    runs = [await claimed_run(store) for _ in range(5)]
+    moved = runs[2]
+    await store.append(
+        [AppendRequest(run_id=moved.id, claim_token=moved.claim_token, events=[completed("x")])]
+    )
+    used: list[int] = []
+    real_params = batched.params
+
+    def counted(shape: Any, members: Any, gate_key: int) -> list[Any]:
+        used.append(len(members))
+        return real_params(shape, members, gate_key)
+
+    monkeypatch.setattr(batched, "params", counted)
+    assert isinstance(store.adapter, PostgresStore)
+    channel = store.adapter.channels.done
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as listener:
+        await listener.execute(f'LISTEN "{channel}"')
+        outcomes = await store.append(
+            [
+                AppendRequest(
+                    run_id=run.id,
+                    claim_token=run.claim_token,
+                    events=[ev.RunCompleted(output=index)],
+                    known=run,
+                )
+                for index, run in enumerate(runs)
+            ]
+        )
+        told: list[list[str]] = []
+        async for note in listener.notifies(timeout=2.0):
+            told.append(note.payload.split(","))
+            if sum(map(len, told)) >= len(runs):
+                break
+    assert used == [5]
+    assert all(isinstance(o, Appended) for o in outcomes), outcomes
+    ended_together = sorted(run.id for run in runs if run is not moved)
+    assert sorted(sorted(ids) for ids in told) == sorted([ended_together, [moved.id]])
+    for index, run in enumerate(runs):
+        live = await store.get_run(run.id)
+        assert live is not None and live.status == "completed" and live.output == index
+
+
 # -- the claim in one statement ------------------------------------------------------------
 
 _PAST = datetime(2026, 1, 1, tzinfo=UTC)

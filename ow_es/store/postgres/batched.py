@@ -9,8 +9,9 @@ updated only if it is still at the planned ``seq`` under that claim, and its eve
 rows are written only if it was. The reply names the appends written; the others take the
 general path, as after a one-row statement that wrote nothing.
 
-Appends that notify (a run's end, a run made ready) keep their own statements: their notes
-differ from append to append.
+A run's end tells its waiters (the "done" channel, the run's id as the payload): the group
+sends the ids of the runs it wrote, in chunks that fit a payload. Other notifications (a run
+made ready, to a worker's lane) keep their own statements.
 """
 
 from __future__ import annotations
@@ -22,15 +23,26 @@ from typing import Any
 import msgspec
 
 from ow_es.store import statements
+from ow_es.store.postgres.lanes import TO_THE_CHANNEL
 from ow_es.store.tables import EVENTS, RUNS, STEPS, Table
 
 Shape = tuple[Any, ...]  # single.statement's: (run, event rows, step rows, notes)
 
 
-def batchable(shape: Shape) -> bool:
-    """An update of a claimed run's row that sends no notification."""
-    (kind, _), _, _, notes = shape
-    return kind == "update" and not notes
+_IDS_PER_NOTE = 150  # run ids (32 characters and a comma) per "done" payload: under 7000 bytes
+
+
+def batchable(shape: Shape, members: Sequence[Any]) -> bool:
+    """Updates of claimed runs' rows that notify nothing, or only their own end."""
+    (kind, run_flags), _, _, notes = shape
+    if kind != "update":
+        return False
+    if not notes:
+        return True
+    at = sum(1 for _, is_now in run_flags if not is_now) + 1  # the run id, in ``run``
+    return notes == (TO_THE_CHANNEL,) and all(
+        m.notes[1] == m.run[at] and m.notes[0] == members[0].notes[0] for m in members
+    )
 
 
 def params(shape: Shape, members: Sequence[Any], gate_key: int) -> list[Any]:
@@ -46,6 +58,8 @@ def params(shape: Shape, members: Sequence[Any], gate_key: int) -> list[Any]:
             width = sum(1 for is_now in flags if not is_now)
             values = [getattr(m, position)[index] for m in members]
             out.append(_rows_json([f"c{i}" for i in range(width)], values))
+    if shape[3]:
+        out.append(members[0].notes[0])  # the "done" channel
     return out
 
 
@@ -63,7 +77,7 @@ _encoder = msgspec.json.Encoder()
 @functools.cache
 def sql(shape: Shape) -> str:
     """The statement; its one row is (the indexes of the members written, now())."""
-    (_, run_flags), event_rows, step_rows, _ = shape
+    (_, run_flags), event_rows, step_rows, notes = shape
     changed = [column for column, is_now in run_flags if not is_now]
     record = ["n integer", *(_field(f"c{i}", RUNS, c) for i, c in enumerate(changed))]
     record += ["ns text", _field("id", RUNS, "id"), _field("seq", RUNS, "seq")]
@@ -80,7 +94,7 @@ def sql(shape: Shape) -> str:
         f"run AS (UPDATE {RUNS.name} w SET {assignments} FROM input i"
         " WHERE w.namespace_id = %s AND w.id = i.id AND w.seq = i.seq"
         " AND w.claim_token = i.token AND w.status = 'running' AND (SELECT held FROM gate)"
-        " RETURNING i.n)",
+        " RETURNING i.n, i.id)",
         f"event AS (INSERT INTO {EVENTS.name} ({', '.join(EVENTS.names)}) "
         + " UNION ALL ".join(_select(EVENTS, flags) for flags in event_rows)
         + ")",
@@ -91,7 +105,16 @@ def sql(shape: Shape) -> str:
             + " UNION ALL ".join(_select(STEPS, flags) for flags in step_rows)
             + f" {statements.upsert_clause(STEPS)})"
         )
-    return ",\n".join(parts) + "\nSELECT (SELECT array_agg(n) FROM run), now()"
+    if notes:
+        parts.append(
+            "note AS (SELECT pg_notify(%s, string_agg(id, ',')) FROM"
+            f" (SELECT id, (row_number() OVER () - 1) / {_IDS_PER_NOTE} AS chunk FROM run) AS o"
+            " GROUP BY chunk)"
+        )
+    final = "SELECT (SELECT array_agg(n) FROM run), now()"
+    if notes:
+        final += ", (SELECT count(*) FROM note)"  # a CTE that only selects runs when read
+    return ",\n".join(parts) + "\n" + final
 
 
 def _field(name: str, table: Table, column: str) -> str:

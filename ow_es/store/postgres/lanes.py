@@ -30,7 +30,7 @@ _TO_A_LANE = """pg_notify(coalesce((
                   WHERE s.v ->> 0 = %s AND s.v ->> 1 IS NOT DISTINCT FROM %s::text)
     ORDER BY w.busy::float8 / greatest(w.concurrency, 1), random()
     LIMIT 1), %s), %s)"""
-_TO_THE_CHANNEL = "pg_notify(%s, %s)"
+TO_THE_CHANNEL = "pg_notify(%s, %s)"
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Note:
     @property
     def sql(self) -> str:
         """The ``pg_notify(...)`` call, its parameters as in ``params``."""
-        return _TO_THE_CHANNEL if self.workflow is None else _TO_A_LANE
+        return TO_THE_CHANNEL if self.workflow is None else _TO_A_LANE
 
     @property
     def params(self) -> list[Any]:

@@ -88,8 +88,8 @@ async def _execute(
     async with conn.pipeline(), conn.transaction():
         for shape, members in groups.items():
             cur = conn.cursor()
-            if len(members) > 1 and batched.batchable(shape):
-                group = [parts[i] for i in members]
+            group = [parts[i] for i in members]
+            if len(members) > 1 and batched.batchable(shape, group):
                 await cur.execute(
                     cast(Any, batched.sql(shape)), batched.params(shape, group, gate_key)
                 )
@@ -101,7 +101,7 @@ async def _execute(
     written: list[tuple[bool, Any]] = [(False, None)] * len(parts)
     for members, cur, as_one in sent:
         if as_one:
-            indexes, now = cast(tuple[Any, ...], await cur.fetchone())
+            indexes, now, *_ = cast(tuple[Any, ...], await cur.fetchone())
             for position in indexes or ():
                 written[members[position]] = (True, now)
             continue
