@@ -66,9 +66,17 @@ class Table:
         return tuple(i for i, c in enumerate(self.columns) if c.is_time)
 
     @functools.cached_property
-    def updatable_kinds(self) -> tuple[tuple[str, bool, bool], ...]:
-        """(name, is JSON, is a time) of each updatable column, for the hot path."""
-        return tuple((c.name, c.is_json, c.is_time) for c in self.columns if c.name not in self.key)
+    def updatable_kinds(self) -> tuple[tuple[int, str, bool, bool], ...]:
+        """(position, name, is JSON, is a time) of each updatable column, for the hot path."""
+        return tuple(
+            (i, c.name, c.is_json, c.is_time)
+            for i, c in enumerate(self.columns)
+            if c.name not in self.key
+        )
+
+    @functools.cached_property
+    def key_positions(self) -> tuple[int, ...]:
+        return tuple(self.names.index(k) for k in self.key)
 
 
 def _sql_type(info: msgspec.inspect.Type) -> str:
@@ -144,11 +152,13 @@ def changes(
     values, then the key. Writing only what changed keeps a large input or output from being
     re-encoded and rewritten on every step."""
     groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    astuple = msgspec.structs.astuple
     for old, new in pairs:
         names = []
         params: list[Any] = []
-        for name, is_json, is_time in table.updatable_kinds:
-            before, after = getattr(old, name), getattr(new, name)
+        before_row, after_row = astuple(old), astuple(new)
+        for index, name, is_json, is_time in table.updatable_kinds:
+            before, after = before_row[index], after_row[index]
             if before is after or before == after:
                 continue
             names.append(name)
@@ -158,7 +168,7 @@ def changes(
                 after = time(after)
             params.append(after)
         if names:
-            key = tuple(getattr(new, k) for k in table.key)
+            key = tuple(after_row[i] for i in table.key_positions)
             groups.setdefault(tuple(names), []).append((*params, *key))
     return groups
 
