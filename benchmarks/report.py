@@ -122,7 +122,7 @@ class Report:
                 "<=",
                 TARGET_VS_BARE_QUEUE,
             ),
-            _abs("(b) start->first step p99", _v(b, "p99_ms"), "ms", "<=", TARGET_P99_MS),
+            self._p99(b),
             _vs(
                 "(c) ms per sequential step",
                 _v(c, "ms_per_step"),
@@ -228,6 +228,16 @@ class Report:
                     )
                 )
         return lines
+
+    def _p99(self, b: Any) -> Judged:
+        """Judged on PostgreSQL, where a NOTIFY wakes the worker. Across SQLite processes no
+        notification exists (an idle worker polls, backing off to its poll interval), so
+        there the figure is shown, not judged; the in-process start is SQLite's target."""
+        if self.backend == "sqlite":
+            value = _v(b, "p99_ms")
+            return Judged("(b) start->first step p99, across processes", value, "ms", None,
+                          "", "(PostgreSQL target)", None)  # fmt: skip
+        return _abs("(b) start->first step p99", _v(b, "p99_ms"), "ms", "<=", TARGET_P99_MS)
 
     def to_json(self) -> dict[str, Any]:
         def record(value: Any) -> Any:
