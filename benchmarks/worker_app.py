@@ -26,6 +26,7 @@ from typing import Any
 import bench_workflows
 
 import ow_es
+from ow_es.gc_tuning import tune_for_worker
 
 TIMES_KEPT = 200_000  # per-run claim times kept at most (memory stays bounded)
 
@@ -114,6 +115,8 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> None:
+    # Set up as `ow-es worker` sets up its process (the collector tuned for a worker).
+    tune_for_worker()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     args = _parse(argv)
     if args.cprofile is None:

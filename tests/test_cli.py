@@ -4,6 +4,7 @@ real subprocess stopped by SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 import sqlite3
@@ -22,7 +23,7 @@ import psycopg
 import pytest
 
 import ow_es
-from ow_es import logging_setup, run_facts
+from ow_es import gc_tuning, logging_setup, run_facts
 from ow_es.cli import main, runs_bulk
 from ow_es.schedule import tick_key
 from ow_es.store import migrator
@@ -1133,3 +1134,46 @@ async def test_runs_start_wait_follows_a_live_worker(
     client = await (await make_client()).connect()
     assert (await (await client.get_handle(run_id)).status()).status == "completed"
     await sigterm(proc)
+
+
+GC_APP = """
+import gc
+
+import ow_es
+
+ow = ow_es.OpenWorkflow()
+
+
+@ow.workflow(name="gc-threshold")
+async def gc_threshold(ctx: ow_es.Context) -> list[int]:
+    async def read() -> list[int]:
+        return [gc.get_threshold()[0], gc.get_freeze_count()]
+
+    return await ctx.step.run("read", read)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [((), gc_tuning.DEFAULT_THRESHOLD), (("--gc-threshold", "0"), gc.get_threshold()[0])],
+    ids=["tuned", "python-default"],
+)
+async def test_worker_process_collects_its_first_generation_as_told(
+    tmp_path: Path, processes: Processes, option: tuple[str, ...], expected: int
+) -> None:
+    """`ow-es worker` is a process of its own: it raises the collector's first-generation
+    threshold (and freezes what startup loaded) unless told 0."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(GC_APP))
+    url = f"sqlite:///{tmp_path / 'ow.db'}"
+    proc = processes.worker("app:ow", *option, "--database-url", url, cwd=tmp_path, isolated=True)
+    await proc.serving()
+    client = await ow_es.OpenWorkflow(url).connect()
+    try:
+        handle = await client.start("gc-threshold")
+        threshold, frozen = await handle.result(timeout=20)
+    finally:
+        await client.close()
+    await sigterm(proc)
+    assert threshold == expected
+    assert (frozen > 0) == (expected == gc_tuning.DEFAULT_THRESHOLD)

@@ -7,7 +7,7 @@ import asyncio
 
 import click
 
-from ow_es import logging_setup
+from ow_es import gc_tuning, logging_setup
 from ow_es.cli.app import load_app, require_target
 from ow_es.cli.common import Connection, connection_options, scrub
 from ow_es.cli.params import Seconds
@@ -111,6 +111,17 @@ def _duration(text: str) -> Duration:
     help="Memory for the histories of runs this worker parked, so that its next claim of one"
     " reads only the newer events (0: off).",
 )
+@click.option(
+    "--gc-threshold",
+    type=click.IntRange(min=0),
+    default=gc_tuning.DEFAULT_THRESHOLD,
+    show_default=True,
+    envvar="OW_ES_GC_THRESHOLD",
+    show_envvar=True,
+    help="Allocations between the garbage collector's first-generation collections in this"
+    " process (CPython's default: 700); what the app loaded at startup is frozen. 0: leave the"
+    " collector as Python sets it.",
+)
 @connection_options
 def worker(
     conn: Connection,
@@ -125,6 +136,7 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     replay_cache_bytes: int,
+    gc_threshold: int,
 ) -> None:
     """Run a worker for APP: `module:attr` (an ow_es.OpenWorkflow made at import time) or
     `module` (every workflow at its top level). Without APP (or OW_ES_APP), `[tool.ow-es] app`
@@ -133,6 +145,7 @@ def worker(
     timeout), a second one at once (they are handed back to other workers)."""
     client = load_app(require_target(app), conn)
     grace = to_seconds(_duration(stop_timeout), "stop timeout")
+    gc_tuning.tune_for_worker(gc_threshold)
 
     async def call() -> None:
         runner = client.worker(
