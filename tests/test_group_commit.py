@@ -52,27 +52,29 @@ async def _all_written(ow: ow_es.OpenWorkflow, outcomes: Sequence[Outcome]) -> N
         assert await ow.store.get_run(outcome.run.id) is not None
 
 
+async def _commit_together(ow: ow_es.OpenWorkflow, *, requests: int, in_flight: int) -> Watched:
+    """Submit ``requests`` new runs at once; all must be written. The store as watched."""
+    await ow.connect()
+    watched = Watched(ow.store)
+    committer = GroupCommitter(watched, in_flight=in_flight)
+    outcomes = await asyncio.gather(*(committer.submit(_create()) for _ in range(requests)))
+    await _all_written(ow, outcomes)
+    return watched
+
+
 async def test_requests_made_together_are_split_between_two_batches_written_at_once(
     ow: ow_es.OpenWorkflow,
 ) -> None:
     """Runs woken together would otherwise stay in lockstep: one batch, the worker idle while
     it commits. Alone, a flusher sends half and leaves the rest to a second batch beside it."""
-    await ow.connect()
-    watched = Watched(ow.store)
-    committer = GroupCommitter(watched, in_flight=2)
-    outcomes = await asyncio.gather(*(committer.submit(_create()) for _ in range(40)))
+    watched = await _commit_together(ow, requests=40, in_flight=2)
     assert watched.sizes == [20, 20]
     assert watched.most_at_once == 2
-    await _all_written(ow, outcomes)
 
 
 async def test_a_few_requests_go_in_one_batch(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    watched = Watched(ow.store)
-    committer = GroupCommitter(watched, in_flight=2)
-    outcomes = await asyncio.gather(*(committer.submit(_create()) for _ in range(5)))
+    watched = await _commit_together(ow, requests=5, in_flight=2)
     assert watched.sizes == [5]
-    await _all_written(ow, outcomes)
 
 
 async def test_no_third_batch_is_sent_while_two_are_being_written(ow: ow_es.OpenWorkflow) -> None:
@@ -98,10 +100,6 @@ async def test_no_third_batch_is_sent_while_two_are_being_written(ow: ow_es.Open
 
 
 async def test_one_batch_at_a_time_when_asked(ow: ow_es.OpenWorkflow) -> None:
-    await ow.connect()
-    watched = Watched(ow.store)
-    committer = GroupCommitter(watched, in_flight=1)
-    outcomes = await asyncio.gather(*(committer.submit(_create()) for _ in range(40)))
+    watched = await _commit_together(ow, requests=40, in_flight=1)
     assert watched.sizes == [40]
     assert watched.most_at_once == 1
-    await _all_written(ow, outcomes)

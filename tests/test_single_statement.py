@@ -50,6 +50,19 @@ def count_transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[st
     return calls
 
 
+def count_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Appends written as one statement for several runs: the size of each such group."""
+    sizes: list[int] = []
+    real_params = batched.params
+
+    def counted(shape: Any, members: Any, gate_key: int) -> list[Any]:
+        sizes.append(len(members))
+        return real_params(shape, members, gate_key)
+
+    monkeypatch.setattr(batched, "params", counted)
+    return sizes
+
+
 def gate_key(store: Store) -> int:
     assert isinstance(store.adapter, PostgresStore)
     return store.adapter.gate_key
@@ -158,22 +171,33 @@ async def test_a_lost_claim_writes_nothing(store: Store) -> None:
     assert await store.step_attempts(run.id) == []
 
 
-async def test_the_append_gate_holds_it_back(store: Store, pg_url: str) -> None:
-    """A verify holds the gate across transactions; an owner's append must wait for it."""
-    run = await claimed_run(store)
+@pytest.mark.parametrize("runs", [1, 3], ids=["alone", "alike-batch"])
+async def test_the_append_gate_holds_it_back(
+    store: Store, pg_url: str, runs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verify holds the gate across transactions; an owner's append must wait for it,
+    whether it is a statement of its own or one of a batch of alike appends."""
+    claimed = [await claimed_run(store) for _ in range(runs)]
+    batches = count_batches(monkeypatch)
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
         await admin.execute("SELECT pg_advisory_lock(%s)", [gate_key(store)])
-        request = AppendRequest(
-            run_id=run.id, claim_token=run.claim_token, events=[completed("a")], known=run
-        )
-        task = asyncio.create_task(store.append([request]))
+        requests = [
+            AppendRequest(
+                run_id=run.id, claim_token=run.claim_token, events=[completed("a")], known=run
+            )
+            for run in claimed
+        ]
+        task = asyncio.create_task(store.append(requests))
         await asyncio.sleep(0.5)
         assert not task.done()
-        assert await store.step_attempts(run.id) == []  # nothing slipped past the gate
+        for run in claimed:  # nothing slipped past the gate
+            assert await store.step_attempts(run.id) == []
         await admin.execute("SELECT pg_advisory_unlock(%s)", [gate_key(store)])
-        (outcome,) = await asyncio.wait_for(task, 10)
-    assert isinstance(outcome, Appended)
-    assert [s.step_name for s in await store.step_attempts(run.id)] == ["a"]
+        outcomes = await asyncio.wait_for(task, 10)
+    assert all(isinstance(o, Appended) for o in outcomes), outcomes
+    assert batches == ([] if runs == 1 else [runs])
+    for run in claimed:
+        assert [s.step_name for s in await store.step_attempts(run.id)] == ["a"]
 
 
 def created(key: str | None = None) -> AppendRequest:
@@ -286,14 +310,7 @@ async def test_alike_appends_of_a_batch_are_one_statement_each_fenced(
         await store.append(
             [AppendRequest(run_id=run.id, claim_token=run.claim_token, events=[completed("x")])]
         )
-    used: list[int] = []
-    real_params = batched.params
-
-    def counted(shape: Any, members: Any, gate_key: int) -> list[Any]:
-        used.append(len(members))
-        return real_params(shape, members, gate_key)
-
-    monkeypatch.setattr(batched, "params", counted)
+    used = count_batches(monkeypatch)
     transactions = count_transactions(store, monkeypatch)
     outcomes = await store.append(
         [
@@ -338,14 +355,7 @@ async def test_alike_run_ends_are_one_statement_that_tells_their_waiters(
     await store.append(
         [AppendRequest(run_id=moved.id, claim_token=moved.claim_token, events=[completed("x")])]
     )
-    used: list[int] = []
-    real_params = batched.params
-
-    def counted(shape: Any, members: Any, gate_key: int) -> list[Any]:
-        used.append(len(members))
-        return real_params(shape, members, gate_key)
-
-    monkeypatch.setattr(batched, "params", counted)
+    used = count_batches(monkeypatch)
     assert isinstance(store.adapter, PostgresStore)
     channel = store.adapter.channels.done
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as listener:

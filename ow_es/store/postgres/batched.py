@@ -4,10 +4,10 @@ A group commit holds the appends of many runs, and most are alike: the same row 
 changed, the same number of events and step rows. Sent as one statement each, every one pays
 its own bind, executor start and reply; here the group is one statement that reads each
 part's rows as one JSON document (``json_to_recordset``): one parameter each, encoded in one
-call. It keeps each append's condition: a run's row is
-updated only if it is still at the planned ``seq`` under that claim, and its events and step
-rows are written only if it was. The reply names the appends written; the others take the
-general path, as after a one-row statement that wrote nothing.
+call. It keeps each append's condition: a run's row is updated only if it is still at the
+planned ``seq`` under that claim, and its events and step rows are written only if it was.
+The reply names the appends written; the others take the general path, as after a one-row
+statement that wrote nothing.
 
 A run's end tells its waiters (the "done" channel, the run's id as the payload): the group
 sends the ids of the runs it wrote, in chunks that fit a payload. Other notifications (a run
@@ -18,21 +18,38 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
-from ow_es.store import statements
+from ow_es.store import statements, tables
 from ow_es.store.postgres.lanes import TO_THE_CHANNEL
 from ow_es.store.tables import EVENTS, RUNS, STEPS, Table
 
-Shape = tuple[Any, ...]  # single.statement's: (run, event rows, step rows, notes)
+Shape = tuple[Any, ...]  # (run, event rows, step rows, notes): see ``single.statement``
+
+
+@dataclass
+class Parts:
+    """An append's statement: its shape (which picks the SQL) and its parameters in parts."""
+
+    shape: Shape
+    run: list[Any]  # the row's values (a new run), or the changed ones, then its key and fence
+    events: list[list[Any]]  # each event's values, but those written as now()
+    steps: list[list[Any]]  # each step row's values, likewise
+    notes: list[Any]
+
+    def params(self, gate_key: int) -> list[Any]:
+        """The parameters of the statement of this append alone (``single._sql``)."""
+        flat = [gate_key, *self.run]
+        for values in (*self.events, *self.steps):
+            flat += values
+        return [*flat, *self.notes]
 
 
 _IDS_PER_NOTE = 150  # run ids (32 characters and a comma) per "done" payload: under 7000 bytes
 
 
-def batchable(shape: Shape, members: Sequence[Any]) -> bool:
+def batchable(shape: Shape, members: Sequence[Parts]) -> bool:
     """Updates of claimed runs' rows that notify nothing, or only their own end."""
     (kind, run_flags), _, _, notes = shape
     if kind != "update":
@@ -45,14 +62,16 @@ def batchable(shape: Shape, members: Sequence[Any]) -> bool:
     )
 
 
-def params(shape: Shape, members: Sequence[Any], gate_key: int) -> list[Any]:
+def params(shape: Shape, members: Sequence[Parts], gate_key: int) -> list[Any]:
     """The statement's parameters: each part's rows as one JSON array of objects (encoded in
-    one call; the server reads it with ``json_to_recordset``), from each member's ``Parts``."""
+    one call; the server reads it with ``json_to_recordset``)."""
     (_, run_flags), event_rows, step_rows, _ = shape
     changed = sum(1 for _, is_now in run_flags if not is_now)
-    runs = [m.run for m in members]  # changed values, then namespace, id, seq, claim token
-    keys = [*(f"c{i}" for i in range(changed)), "ns", "id", "seq", "token"]
-    out: list[Any] = [gate_key, _rows_json(keys, runs), runs[0][changed]]
+    # A run part is its changed values, then namespace, id, seq and claim token; the namespace
+    # (the same for all) is a parameter of its own.
+    runs = [[*m.run[:changed], *m.run[changed + 1 :]] for m in members]
+    keys = [*(f"c{i}" for i in range(changed)), "id", "seq", "token"]
+    out: list[Any] = [gate_key, _rows_json(keys, runs), members[0].run[changed]]
     for rows, position in ((event_rows, "events"), (step_rows, "steps")):
         for index, flags in enumerate(rows):
             width = sum(1 for is_now in flags if not is_now)
@@ -64,14 +83,9 @@ def params(shape: Shape, members: Sequence[Any], gate_key: int) -> list[Any]:
 
 
 def _rows_json(keys: list[str], rows: Sequence[Sequence[Any]]) -> str:
-    return _encode([{"n": n, **dict(zip(keys, row, strict=True))} for n, row in enumerate(rows)])
-
-
-def _encode(value: Any) -> str:
-    return _encoder.encode(value).decode()
-
-
-_encoder = msgspec.json.Encoder()
+    return tables.dumps(
+        [{"n": n, **dict(zip(keys, row, strict=True))} for n, row in enumerate(rows)]
+    )
 
 
 @functools.cache
@@ -80,7 +94,7 @@ def sql(shape: Shape) -> str:
     (_, run_flags), event_rows, step_rows, notes = shape
     changed = [column for column, is_now in run_flags if not is_now]
     record = ["n integer", *(_field(f"c{i}", RUNS, c) for i, c in enumerate(changed))]
-    record += ["ns text", _field("id", RUNS, "id"), _field("seq", RUNS, "seq")]
+    record += [_field("id", RUNS, "id"), _field("seq", RUNS, "seq")]
     record += [_field("token", RUNS, "claim_token")]
     assignments = ", ".join(
         f"{column} = now()"

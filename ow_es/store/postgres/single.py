@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -36,7 +35,7 @@ import psycopg
 from ow_es.store import codec, statements, tables
 from ow_es.store.port import Single
 from ow_es.store.postgres import batched
-from ow_es.store.postgres.batched import Shape
+from ow_es.store.postgres.batched import Parts, Shape
 from ow_es.store.postgres.claim import OneStatementClaims
 from ow_es.store.postgres.errors import RETRYABLE
 from ow_es.store.postgres.wake import Channels
@@ -111,24 +110,6 @@ async def _execute(
             row = cast(tuple[Any, ...], await cur.fetchone())
             written[index] = (bool(row[0]), row[1])
     return written
-
-
-@dataclass
-class Parts:
-    """An append's statement: its shape (which picks the SQL) and its parameters in parts."""
-
-    shape: Shape
-    run: list[Any]  # the row's values (a new run), or the changed ones, then its key and fence
-    events: list[list[Any]]  # each event's values, but those written as now()
-    steps: list[list[Any]]  # each step row's values, likewise
-    notes: list[Any]
-
-    def params(self, gate_key: int) -> list[Any]:
-        """The parameters of the one-append statement (``_sql``)."""
-        flat = [gate_key, *self.run]
-        for values in (*self.events, *self.steps):
-            flat += values
-        return [*flat, *self.notes]
 
 
 def statement(single: Single, channels: Channels) -> Parts:
