@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import pytest
 
 import ow_es
+from ow_es import events as ev
+from ow_es.store.port import AppendRequest, WorkflowKey
 from tests.support.runs import event_types
 from tests.support.workers import running_worker
 
@@ -42,3 +47,63 @@ async def test_delayed_run_is_not_claimed_early(ow: ow_es.OpenWorkflow) -> None:
     assert run.status == "pending"
     assert run.available_at is not None and run.available_at > run.created_at
     assert await event_types(ow, handle.run_id) == ["run_created"]
+
+
+async def test_a_claim_that_leaves_slots_free_reads_the_next_timer_too(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """PostgreSQL's one-statement claim returns the next timer when it leaves slots free, the
+    same one ``next_wake_at`` reads; a claim that fills its slots does not read it."""
+    await ow.connect()
+    keys = [("later", None)]
+    later = await ow.start("later", None, available_at="1h")
+    await ow.start("later", None)
+    full = await ow.store.claim_ready("w", keys, 1, 30)
+    assert len(full.runs) == 1 and not full.timers_read
+    (run,) = full.runs
+    done = AppendRequest(run_id=run.id, claim_token=run.claim_token, events=[ev.RunCompleted()])
+    await ow.store.append([done])  # its lease end is no timer left to wait for
+    left = await ow.store.claim_ready("w", keys, 10, 30)
+    assert left.runs == []
+    assert left.timers_read == (ow.store.dialect == "postgres")
+    if left.timers_read:
+        run = await later.status()
+        assert left.next_wake_at == run.available_at == await ow.store.next_wake_at(keys)
+
+
+async def test_an_idle_worker_on_postgres_takes_its_timer_from_the_claim(
+    ow: ow_es.OpenWorkflow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the idle worker wakes for a delayed run by the timer its claim returned:
+    no read of its own after a claim (which would hold back the runs just claimed). A run
+    that ends may leave a timer: the run here stays until the reads are counted."""
+    began = asyncio.Event()
+    release = asyncio.Event()
+
+    @ow.workflow(name="delayed")
+    async def delayed(ctx: ow_es.Context) -> str:
+        began.set()
+        await release.wait()
+        return "on time"
+
+    await ow.connect()
+    reads = 0
+    read_timer = ow.store.next_wake_at
+
+    async def counted(workflows: Sequence[WorkflowKey]) -> datetime | None:
+        nonlocal reads
+        reads += 1
+        return await read_timer(workflows)
+
+    monkeypatch.setattr(ow.store, "next_wake_at", counted)
+    async with running_worker(ow, poll_interval="5s"):
+        await asyncio.sleep(0.3)  # idle, after a claim that found nothing
+        handle = await delayed.start(available_at="300ms")
+        await asyncio.wait_for(began.wait(), timeout=2.5)  # by its timer, not the poll
+        timer_reads = reads
+        release.set()
+        assert await handle.result(timeout=15) == "on time"
+    if ow.store.dialect == "postgres":
+        assert timer_reads == 0
+    else:  # SQLite's claim reads no timer: the worker asks for it
+        assert timer_reads > 0

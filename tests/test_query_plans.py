@@ -171,7 +171,17 @@ def _claim_statements() -> list[str]:
 
 
 def _served(_: Seeded) -> dict[str, Any]:
-    return {"ns": NAMESPACE, "names": SERVED, "versions": [""] * len(SERVED)}
+    return _served_params(SERVED)
+
+
+def _served_params(served: list[str]) -> dict[str, Any]:
+    """``next_wake_at``'s: the names served, and the (name, version) pairs."""
+    return {
+        "ns": NAMESPACE,
+        "names": served,
+        "pairs_names": served,
+        "pairs_versions": [""] * len(served),
+    }
 
 
 def _run_events(s: Seeded) -> dict[str, Any]:
@@ -318,7 +328,7 @@ def test_the_next_timer_is_found_without_walking_parked_runs(
     """A worker reads its next timer on every idle round: one index probe per workflow it
     serves, not a walk over the 1,000 runs parked far ahead (its own or another workflow's)."""
     query = load("postgres")["next_wake_at"]
-    params = {"ns": NAMESPACE, "names": served, "versions": [""] * len(served)}
+    params = _served_params(served)
     with psycopg.connect(
         seeded.url, autocommit=True, options=f"-c search_path={seeded.schema}"
     ) as conn:

@@ -11,7 +11,6 @@ import signal
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ow_es.durations import Duration, to_seconds, utcnow
@@ -208,7 +207,7 @@ class Worker:
                 idle_wait = _FAST_POLL if claimed else min(idle_wait * 2, self.poll_interval)
                 timeout = idle_wait
             if free > len(claimed):
-                timeout = min(timeout, await self._until_next_timer(workflows))
+                timeout = min(timeout, await self._until_next_timer(workflows, claim))
                 if claim.retry_at is not None:
                     until_free = (claim.retry_at - utcnow()).total_seconds()
                     timeout = min(timeout, max(_FAST_POLL, until_free))
@@ -228,11 +227,17 @@ class Worker:
         self._overdue_checked_at = now
         await self.client.store.fail_overdue(self.worker_id, workflows)
 
-    async def _until_next_timer(self, workflows: list[tuple[str, str | None]]) -> float:
-        try:
-            wake_at: datetime | None = await self.client.store.next_wake_at(workflows)
-        except OwEsError:
-            return self.poll_interval
+    async def _until_next_timer(
+        self, workflows: list[tuple[str, str | None]], claim: Claimed
+    ) -> float:
+        """Seconds until the next timer: as the claim read it, else read now (a round trip
+        that would delay the runs just claimed: they start only when this awaits)."""
+        wake_at = claim.next_wake_at
+        if not claim.timers_read:
+            try:
+                wake_at = await self.client.store.next_wake_at(workflows)
+            except OwEsError:
+                return self.poll_interval
         if wake_at is None:
             return self.poll_interval
         return max(0.0, (wake_at - utcnow()).total_seconds())

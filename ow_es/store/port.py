@@ -196,12 +196,16 @@ class Ready:
 class Claimed:
     """A claim's runs; ``retry_at``: when a full rate window lets the next run start;
     ``overdue``: ready runs past their deadline it left to ``fail_overdue``; ``limited``: a
-    served workflow has stored limits (a run that ends may free a place for another)."""
+    served workflow has stored limits (a run that ends may free a place for another);
+    ``next_wake_at``: the earliest timer or lease end of the served workflows, where the claim
+    read it too (``timers_read``; else the worker asks ``next_wake_at``)."""
 
     runs: list[WorkflowRun]
     retry_at: datetime | None = None
     overdue: int = 0
     limited: bool = False
+    timers_read: bool = False
+    next_wake_at: datetime | None = None
 
 
 @dataclass(frozen=True)

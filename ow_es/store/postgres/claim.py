@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ow_es.store.postgres.store import PostgresStore
 
 Q = load("postgres")
-_FLAGS = ("gate_held", "limited", "overdue", "claim_order")
+_FLAGS = ("gate_held", "limited", "overdue", "wake_at", "claim_order")
 
 
 class OneStatementClaims:
@@ -71,7 +71,10 @@ class OneStatementClaims:
         if not flags["gate_held"] or flags["limited"]:
             return None
         runs = [codec.run_from_row(_run_columns(row)) for row in rows if row["id"] is not None]
-        return Claimed(runs=runs, overdue=int(flags["overdue"]))
+        claimed = Claimed(runs=runs, overdue=int(flags["overdue"]))
+        if len(runs) < limit:  # the statement read the next timer too
+            claimed.timers_read, claimed.next_wake_at = True, flags["wake_at"]
+        return claimed
 
     async def _claimed_before(self, tokens: list[str]) -> Claimed | None:
         """The runs a statement whose reply was lost claimed (None: it claimed nothing, and

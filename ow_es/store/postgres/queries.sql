@@ -180,11 +180,16 @@ WHERE r.namespace_id = %(ns)s AND r.id = held.id
 RETURNING r.id
 
 -- name: next_wake_at
+SELECT
+-- include: next_wake
+AS wake_at
+
+-- name: next_wake
 -- The earliest future timer of the served workflows (a parked run: workflow_runs_timers; a
 -- delayed start: workflow_runs_pending) or lease end: one index probe per workflow name,
 -- however many runs of it or of other workflows are parked. (A parked run of a version not
--- served may wake the worker once, for nothing.)
-SELECT least(
+-- served may wake the worker once, for nothing.) An expression: the claim returns it too.
+least(
     (SELECT min(t.at) FROM unnest(%(names)s::text[]) AS n(name), LATERAL (
          SELECT r.available_at AS at FROM workflow_runs r
          WHERE r.namespace_id = %(ns)s AND r.workflow_name = n.name
@@ -199,8 +204,8 @@ SELECT least(
     (SELECT min(lease_until) FROM workflow_runs
      WHERE namespace_id = %(ns)s AND lease_until > now()
        AND (workflow_name, coalesce(version, '')) IN (
-           SELECT * FROM unnest(%(names)s::text[], %(versions)s::text[])))
-) AS wake_at
+           SELECT * FROM unnest(%(pairs_names)s::text[], %(pairs_versions)s::text[])))
+)
 
 -- name: get_run
 SELECT * FROM workflow_runs WHERE namespace_id = %(ns)s AND id = %(id)s
@@ -466,7 +471,8 @@ GROUP BY 1, 2, 3
 -- due_timers, expired_leases) without its limits filter; the exact (name, version) pairs, and
 -- whether to claim at all, are checked on the locked candidates.
 -- Nothing is claimed, and the flags say why, while the append gate is taken or a served
--- workflow has stored limits; runs past their deadline are counted for fail_overdue.
+-- workflow has stored limits; runs past their deadline are counted for fail_overdue; a claim
+-- that leaves slots free returns the next timer (next_wake) as of its snapshot.
 WITH gate AS (SELECT pg_try_advisory_xact_lock_shared(%(gate)s) AS held),
 limited AS (
     SELECT EXISTS (
@@ -545,7 +551,11 @@ event AS (
     FROM run
 )
 SELECT run.*, (SELECT held FROM gate) AS gate_held, (SELECT yes FROM limited) AS limited,
-       (SELECT count(*) FROM picked WHERE deadline_at <= now()) AS overdue
+       (SELECT count(*) FROM picked WHERE deadline_at <= now()) AS overdue,
+       -- A claim that leaves slots free tells when to look again (no read of its own after).
+       CASE WHEN (SELECT count(*) FROM run) < %(limit)s THEN
+-- include: next_wake
+       END AS wake_at
 FROM (SELECT 1) AS one LEFT JOIN run ON true
 ORDER BY run.claim_order
 

@@ -247,8 +247,9 @@ class PostgresStore:
     def _workflow_params(self, workflows: Sequence[WorkflowKey]) -> dict[str, Any]:
         return {
             "ns": self.namespace,
-            "names": [name for name, _ in workflows],
-            "versions": [version or "" for _, version in workflows],
+            "names": sorted({name for name, _ in workflows}),
+            "pairs_names": [name for name, _ in workflows],
+            "pairs_versions": [version or "" for _, version in workflows],
         }
 
     async def next_wake_at(self, workflows: Sequence[WorkflowKey]) -> datetime | None:
