@@ -53,22 +53,34 @@ async def test_a_claim_that_leaves_slots_free_reads_the_next_timer_too(
     ow: ow_es.OpenWorkflow,
 ) -> None:
     """PostgreSQL's one-statement claim returns the next timer when it leaves slots free, the
-    same one ``next_wake_at`` reads; a claim that fills its slots does not read it."""
+    same one ``next_wake_at`` reads: the first lease end of a served workflow (a lease of
+    another workflow does not count), else the next delayed start. A claim that fills its
+    slots does not read it."""
     await ow.connect()
     keys = [("later", None)]
     later = await ow.start("later", None, available_at="1h")
     await ow.start("later", None)
+    await ow.start("other", None)
+    (other,) = await ow.store.claim("w", [("other", None)], 1, 5)  # ends first, not served
     full = await ow.store.claim_ready("w", keys, 1, 30)
     assert len(full.runs) == 1 and not full.timers_read
-    (run,) = full.runs
-    done = AppendRequest(run_id=run.id, claim_token=run.claim_token, events=[ev.RunCompleted()])
+    (held,) = full.runs
+
+    async def next_timer() -> datetime | None:
+        left = await ow.store.claim_ready("w", keys, 10, 30)
+        assert left.runs == []
+        assert left.timers_read == (ow.store.dialect == "postgres")
+        expected = await ow.store.next_wake_at(keys)
+        if left.timers_read:
+            assert left.next_wake_at == expected
+        return expected
+
+    assert other.lease_until is not None and held.lease_until is not None
+    assert other.lease_until < held.lease_until
+    assert await next_timer() == held.lease_until
+    done = AppendRequest(run_id=held.id, claim_token=held.claim_token, events=[ev.RunCompleted()])
     await ow.store.append([done])  # its lease end is no timer left to wait for
-    left = await ow.store.claim_ready("w", keys, 10, 30)
-    assert left.runs == []
-    assert left.timers_read == (ow.store.dialect == "postgres")
-    if left.timers_read:
-        run = await later.status()
-        assert left.next_wake_at == run.available_at == await ow.store.next_wake_at(keys)
+    assert await next_timer() == (await later.status()).available_at
 
 
 async def test_an_idle_worker_on_postgres_takes_its_timer_from_the_claim(

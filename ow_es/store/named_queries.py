@@ -1,5 +1,6 @@
 """Named SQL queries from ``<dialect>/queries.sql`` (``-- name: NAME`` blocks). A line
-``-- include: NAME`` stands for the body of another block (a condition several queries share)."""
+``-- include: NAME`` stands for the body of another block (a condition several queries share),
+itself expanded."""
 
 from __future__ import annotations
 
@@ -18,4 +19,8 @@ def load(dialect: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         queries[name] = body.strip().rstrip(";")
-    return {name: _INCLUDE.sub(lambda m: queries[m.group(1)], q) for name, q in queries.items()}
+
+    def expand(query: str) -> str:  # an included block may include another
+        return _INCLUDE.sub(lambda m: expand(queries[m.group(1)]), query)
+
+    return {name: expand(q) for name, q in queries.items()}

@@ -187,8 +187,9 @@ AS wake_at
 -- name: next_wake
 -- The earliest future timer of the served workflows (a parked run: workflow_runs_timers; a
 -- delayed start: workflow_runs_pending) or lease end: one index probe per workflow name,
--- however many runs of it or of other workflows are parked. (A parked run of a version not
--- served may wake the worker once, for nothing.) An expression: the claim returns it too.
+-- however many runs of it or of other workflows are parked, and the first lease end of a served
+-- pair. (A parked run of a version not served may wake the worker once, for nothing.) An
+-- expression: the claim returns it too.
 least(
     (SELECT min(t.at) FROM unnest(%(names)s::text[]) AS n(name), LATERAL (
          SELECT r.available_at AS at FROM workflow_runs r
@@ -201,10 +202,12 @@ least(
          WHERE r.namespace_id = %(ns)s AND r.workflow_name = n.name
            AND r.status = 'pending' AND r.available_at > now()
          ORDER BY r.available_at LIMIT 1) AS t),
-    (SELECT min(lease_until) FROM workflow_runs
-     WHERE namespace_id = %(ns)s AND lease_until > now()
-       AND (workflow_name, coalesce(version, '')) IN (
-           SELECT * FROM unnest(%(pairs_names)s::text[], %(pairs_versions)s::text[])))
+    -- In lease order, the first of a served pair: not a walk over every run held.
+    (SELECT r.lease_until FROM workflow_runs r
+     WHERE r.namespace_id = %(ns)s AND r.lease_until > now()
+       AND
+       -- include: served_pair
+     ORDER BY r.lease_until LIMIT 1)
 )
 
 -- name: get_run
