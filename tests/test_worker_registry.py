@@ -47,6 +47,27 @@ async def test_a_worker_that_stops_beating_is_no_longer_live(ow: ow_es.OpenWorkf
     assert await ow.workers() == []
 
 
+async def test_a_heartbeat_cancelled_mid_write_does_not_keep_the_worker_listed(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    """A stopping worker cancels its heartbeat, which may be waiting for its transaction to
+    begin (SQLite: the driver's thread still opens it), then leaves the registry: the leave
+    must still be written, not fail on a transaction left open."""
+    await ow.connect()
+    me = ow_es.WorkerInfo(
+        id="w-leaving", host="h", pid=1, workflows=[("wf", None)], concurrency=1, busy=0,
+        started_at=utcnow(), heartbeat_at=utcnow(),
+    )  # fmt: skip
+    await ow.store.registry.register(me, ttl_seconds=60)
+    beat = asyncio.create_task(ow.store.registry.beat("w-leaving", busy=1))
+    await asyncio.sleep(0)  # it is waiting on the driver now
+    beat.cancel()
+    await asyncio.gather(beat, return_exceptions=True)
+    await ow.store.registry.forget("w-leaving")
+    assert await ow.workers() == []
+    await ow.start("wf", None)  # and the client still writes
+
+
 async def test_ready_runs_no_live_worker_serves_are_reported(
     ow: ow_es.OpenWorkflow, make_client: ClientFactory
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -112,8 +113,16 @@ class SqliteStore:
         conn = self._require(self._writer)
         async with self._write_lock:
             try:
-                # IMMEDIATE: take the write lock now (a deferred upgrade fails at once).
-                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # IMMEDIATE: take the write lock now (a deferred upgrade fails at once).
+                    await conn.execute("BEGIN IMMEDIATE")
+                except asyncio.CancelledError:
+                    # aiosqlite's thread still runs the BEGIN: end that transaction behind it,
+                    # or the next write would find it open (a worker's heartbeat, cancelled
+                    # as it stops, left its leave from the registry failing so).
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.execute("ROLLBACK")
+                    raise
                 try:
                     yield conn
                 except BaseException:
