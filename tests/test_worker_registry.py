@@ -17,6 +17,14 @@ from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
 
+def _worker(worker_id: str) -> ow_es.WorkerInfo:
+    """A registry row of a worker serving ``wf`` (written straight to the registry)."""
+    return ow_es.WorkerInfo(
+        id=worker_id, host="h", pid=1, workflows=[("wf", None)], concurrency=1, busy=0,
+        started_at=utcnow(), heartbeat_at=utcnow(),
+    )  # fmt: skip
+
+
 async def test_a_running_worker_is_listed_with_what_it_serves_until_it_stops(
     ow: ow_es.OpenWorkflow,
 ) -> None:
@@ -37,11 +45,7 @@ async def test_a_running_worker_is_listed_with_what_it_serves_until_it_stops(
 
 async def test_a_worker_that_stops_beating_is_no_longer_live(ow: ow_es.OpenWorkflow) -> None:
     await ow.connect()
-    gone = ow_es.WorkerInfo(
-        id="w-gone", host="h", pid=1, workflows=[("wf", None)], concurrency=1, busy=0,
-        started_at=utcnow(), heartbeat_at=utcnow(),
-    )  # fmt: skip
-    await ow.store.registry.register(gone, ttl_seconds=0.2)
+    await ow.store.registry.register(_worker("w-gone"), ttl_seconds=0.2)
     assert [w.id for w in await ow.workers()] == ["w-gone"]
     await asyncio.sleep(0.4)
     assert await ow.workers() == []
@@ -54,11 +58,7 @@ async def test_a_heartbeat_cancelled_mid_write_does_not_keep_the_worker_listed(
     begin (SQLite: the driver's thread still opens it), then leaves the registry: the leave
     must still be written, not fail on a transaction left open."""
     await ow.connect()
-    me = ow_es.WorkerInfo(
-        id="w-leaving", host="h", pid=1, workflows=[("wf", None)], concurrency=1, busy=0,
-        started_at=utcnow(), heartbeat_at=utcnow(),
-    )  # fmt: skip
-    await ow.store.registry.register(me, ttl_seconds=60)
+    await ow.store.registry.register(_worker("w-leaving"), ttl_seconds=60)
     beat = asyncio.create_task(ow.store.registry.beat("w-leaving", busy=1))
     await asyncio.sleep(0)  # it is waiting on the driver now
     beat.cancel()

@@ -220,7 +220,8 @@ class Worker:
 
     async def _fail_overdue(self, workflows: list[tuple[str, str | None]]) -> None:
         """While every slot is busy: fail the ready runs past their deadline, about once per
-        poll interval (not on every round: a busy worker fills up again and again)."""
+        poll interval (checks at least half of one apart; not on every round: a busy worker
+        fills up again and again)."""
         now = asyncio.get_running_loop().time()
         if now < self._overdue_checked_at + self.poll_interval / 2:
             return
