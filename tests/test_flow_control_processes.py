@@ -112,4 +112,7 @@ async def test_priorities_first_and_fifo_within_one_across_four_processes(
     inversions = sum(
         1 for a, b in itertools.combinations(order, 2) if high.index(a) > high.index(b)
     )
-    assert inversions <= 3, order  # FIFO but for claims racing each other
+    # FIFO but for claims racing each other: a claim of two runs whose events are written after
+    # those of a claim that started later (and so took the next two) makes four inversions; up
+    # to three such races pass. A shuffled order makes about 60, newest-first 120.
+    assert inversions <= 12, order
