@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from functools import partial
 
 import pytest
 
 import ow_es
 from ow_es.durations import utcnow
 from tests.support.databases import ClientFactory
-from tests.support.runs import event_types
+from tests.support.runs import event_types, parked
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
@@ -382,3 +383,63 @@ async def test_a_start_by_name_on_the_registering_client_uses_its_version_and_in
     assert (await handle.status()).version == "2"
     async with running_worker(ow):
         assert await handle.result(timeout=15) == 42
+
+
+# -- the claim of the run a wake-up named (``claim_ready(offered=...)``) ----------------------
+# PostgreSQL claims it by its id where it is the run to take first, in a lighter statement;
+# SQLite claims as usual. Either way the same runs come, in the same order.
+
+
+async def test_a_named_run_is_claimed_only_after_the_runs_before_it(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    await ow.connect()
+    old = await ow.start(WF, "old")
+    high = await ow.start(WF, "high", priority=3)
+    named = await ow.start(WF, "named")
+    order = []
+    for _ in range(3):
+        claimed = await ow.store.claim_ready("w", KEYS, 1, 30, offered=named.run_id)
+        order += [run.id for run in claimed.runs]
+    assert order == [high.run_id, old.run_id, named.run_id]  # priority, then age
+
+
+async def test_a_due_timer_before_a_named_run_is_claimed_first(ow: ow_es.OpenWorkflow) -> None:
+    @ow.workflow(name="napper")
+    async def napper(ctx: ow_es.Context) -> None:
+        await ctx.step.sleep("nap", "1s")
+
+    await ow.connect()
+    async with running_worker(ow):
+        napping = await napper.start()
+        await eventually(partial(parked, ow, napping.run_id, "sleep"), timeout=5)
+    await asyncio.sleep(1.1)  # its timer is due, with no worker to see it
+    named = await napper.start()
+    claimed = await ow.store.claim_ready("w", ow.registered_keys(), 1, 30, offered=named.run_id)
+    assert [run.id for run in claimed.runs] == [napping.run_id]
+
+
+async def test_a_named_run_due_later_is_left_and_its_time_told(ow: ow_es.OpenWorkflow) -> None:
+    await ow.connect()
+    later = await ow.start(WF, None, available_at="1h")
+    claimed = await ow.store.claim_ready("w", KEYS, 1, 30, offered=later.run_id)
+    assert claimed.runs == []
+    assert claimed.offered == (ow.store.adapter.single is not None)
+    if claimed.offered:  # the worker's next timer, with no read of its own
+        assert claimed.next_wake_at == (await later.status()).available_at
+
+
+async def test_a_named_run_comes_before_expired_leases_which_follow(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    await ow.connect()
+    old = await ow.start(WF, "old")
+    await ow.store.claim("crashed", KEYS, 1, 0.2)
+    await asyncio.sleep(0.35)  # the lease of `old` has expired
+    named = await ow.start(WF, "named")
+    claimed = await ow.store.claim_ready("w", KEYS, 2, 30, offered=named.run_id)
+    assert claimed.runs[0].id == named.run_id
+    if len(claimed.runs) == 1:  # the claim by id: it says more is ready, to claim at once
+        assert claimed.offered and claimed.others
+        claimed = await ow.store.claim_ready("w", KEYS, 2, 30)
+    assert [run.id for run in claimed.runs][-1] == old.run_id

@@ -136,7 +136,7 @@ def seeded(postgres_url: str | None) -> Iterator[Seeded]:
 # -- the statements and their parameters ----------------------------------------------------
 
 
-def _claim(_: Seeded) -> dict[str, Any]:
+def _claim(s: Seeded) -> dict[str, Any]:
     """The parameters of every claim statement (each takes those it names)."""
     return {
         "ns": NAMESPACE,
@@ -155,6 +155,7 @@ def _claim(_: Seeded) -> dict[str, Any]:
         "tokens": [uuid.uuid4().hex for _ in range(10)],
         "lease": 30.0,
         "schema_version": 1,
+        "id": s.run_id,  # the claim of an offered run (claim_offered)
     }
 
 

@@ -433,7 +433,20 @@ def test_the_one_statement_claim_writes_what_folding_run_claimed_gives(
     asyncio.run(_claim_and_compare(pg_db, rows))
 
 
-async def _claim_and_compare(pg_db: dict[str, Any], rows: list[WorkflowRun]) -> None:
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(row=claimable_rows().filter(lambda r: r.claim_token is None and r.waiting_for is None))
+def test_the_claim_of_a_named_run_writes_what_folding_run_claimed_gives(
+    pg_db: dict[str, Any], row: WorkflowRun
+) -> None:
+    """A random queued row, claimed by its id (``claim_offered``): as for the claim above."""
+    asyncio.run(_claim_and_compare(pg_db, [row], by_id=True))
+
+
+async def _claim_and_compare(
+    pg_db: dict[str, Any], rows: list[WorkflowRun], *, by_id: bool = False
+) -> None:
     namespace = f"ns-{uuid.uuid4().hex[:10]}"
     rows = [msgspec.structs.replace(r, namespace_id=namespace) for r in rows]
     client = await ow_es.connect(pg_db["url"], schema=pg_db["schema"], namespace=namespace)
@@ -444,7 +457,12 @@ async def _claim_and_compare(pg_db: dict[str, Any], rows: list[WorkflowRun]) -> 
             conn.execute(f'SET search_path = "{pg_db["schema"]}"')
             insert = statements.insert(RUNS, "postgres")
             conn.cursor().executemany(insert, [tables.values(RUNS, r) for r in rows])
-        claimed = await store.adapter.single.claim("worker-9", [("wf", None)], 10, 30)
+        single = store.adapter.single
+        if by_id:
+            (row,) = rows
+            claimed = await single.claim_offered("worker-9", [("wf", None)], row.id, 30)
+        else:
+            claimed = await single.claim("worker-9", [("wf", None)], 10, 30)
         assert claimed is not None and len(claimed.runs) == len(rows)
         before = {r.id: r for r in rows}
         for run in claimed.runs:

@@ -17,6 +17,7 @@ import pytest
 import ow_es
 from ow_es.store.port import Claimed
 from ow_es.store.postgres.wake import Channels
+from ow_es.store.wake import Lane
 from tests.support.databases import ClientFactory
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
@@ -105,7 +106,8 @@ async def test_an_idle_worker_claims_on_a_wake_up_not_after_each_run_it_ends(
 ) -> None:
     """PostgreSQL (wake-ups are pushed): a run this worker ends readies no other, so claiming
     then would find nothing. Runs started one at a time are each claimed by the claim their
-    NOTIFY caused, and almost no claim comes back empty."""
+    NOTIFY caused, and almost no claim comes back empty. The NOTIFY names the run (it went to
+    this worker's lane), so the claim is of that run by its id: the lighter statement."""
     ow = ow_es.OpenWorkflow(str(pg_db["url"]), schema=str(pg_db["schema"]))
 
     @ow.workflow(name="one")
@@ -115,21 +117,52 @@ async def test_an_idle_worker_claims_on_a_wake_up_not_after_each_run_it_ends(
     await ow.connect()
     try:
         claims: list[int] = []
+        by_id: list[str] = []
         real = ow.store.claim_ready
+        single = ow.store.adapter.single
+        assert single is not None
+        claim_offered = single.claim_offered
 
-        async def counted(*args: Any) -> Claimed:
-            claimed = await real(*args)
+        async def counted(*args: Any, **kwargs: Any) -> Claimed:
+            claimed = await real(*args, **kwargs)
             claims.append(len(claimed.runs))
             return claimed
 
+        async def offered(*args: Any) -> Claimed | None:
+            claimed = await claim_offered(*args)
+            if claimed is not None:
+                by_id.extend(run.id for run in claimed.runs)
+            return claimed
+
         monkeypatch.setattr(ow.store, "claim_ready", counted)
+        monkeypatch.setattr(single, "claim_offered", offered)
         async with running_worker(ow, poll_interval="30s"):
+            handles = []
             for n in range(10):
-                assert await (await one.start(n)).result(timeout=10) == 2 * n
+                handles.append(await one.start(n))
+                assert await handles[-1].result(timeout=10) == 2 * n
         assert sum(claims) == 10
         assert claims.count(0) <= 2, claims  # the first claim at start, and a spare at most
+        assert by_id == [h.run_id for h in handles]
     finally:
         await ow.close()
+
+
+def test_a_lane_names_its_run_only_when_one_wake_up_came_and_it_named_one() -> None:
+    lane = Lane("lane")
+    lane.offer("a")
+    assert lane.take_offered() is None  # the first claim looks at everything
+    lane.offer("a")
+    assert lane.take_offered() == "a"
+    assert lane.take_offered() is None  # taken
+    lane.offer("a")
+    lane.offer("b")
+    assert lane.take_offered() is None  # two runs: the usual claim
+    lane.offer("a")
+    lane.offer(None)  # a wake-up for every worker came too
+    assert lane.take_offered() is None
+    lane.offer("")  # a wake-up that named no run (a rebroadcast)
+    assert lane.take_offered() is None
 
 
 # -- targeted wake-ups: one run made ready wakes one worker (its lane), not every worker ----
@@ -143,10 +176,10 @@ class _Claims:
         self.calls = 0
         self.empty = 0
         self._claim = ow.store.claim_ready
-        ow.store.claim_ready = self._counted  # type: ignore[method-assign,assignment]
+        ow.store.claim_ready = self._counted  # type: ignore[method-assign]
 
-    async def _counted(self, *args: Any) -> Claimed:
-        claimed = await self._claim(*args)
+    async def _counted(self, *args: Any, **kwargs: Any) -> Claimed:
+        claimed = await self._claim(*args, **kwargs)
         self.calls += 1
         self.empty += not claimed.runs
         return claimed

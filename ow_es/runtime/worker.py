@@ -28,6 +28,8 @@ from ow_es.store.wake import Lane
 from ow_es.store.wake_port import ReadyWaiter
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from ow_es.client import OpenWorkflow
 
 log = logging.getLogger("ow_es.worker")
@@ -101,6 +103,7 @@ class Worker:
         self._run_task: asyncio.Task[Any] | None = None
         self._releasing: asyncio.Future[None] | None = None  # kept so it is not collected
         self._lane = LaneWakes(Lane(None))  # its own wake-ups (runtime/lane.py), once running
+        self._next_wake_at: datetime | None = None  # the served workflows' next timer, as read
 
     # -- public ----------------------------------------------------------------------------
 
@@ -178,14 +181,20 @@ class Worker:
         ready = wake.ready_waiter()  # subscribed before the first claim: no wake-up is lost
         idle_wait = _FAST_POLL
         claiming = True  # False: only a run of ours ended, which readies no other
+        woke: set[str] = set()
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
             claim, seen, claimed_from = Claimed(runs=[]), self._lane.seen, None
+            # Woken for one run alone (no timer due, no slot freed): a claim of that run.
+            offered = self._lane.lane.take_offered()
+            offered = offered if woke == {"ready"} else None
             # The lease runs from before the claim was sent, never later than the database's.
             lease_deadline = asyncio.get_running_loop().time() + self.lease
             try:
                 if free > 0 and claiming:
-                    claim = await store.claim_ready(self.worker_id, workflows, free, self.lease)
+                    claim = await store.claim_ready(
+                        self.worker_id, workflows, free, self.lease, offered=offered
+                    )
                     claimed_from = seen
                 elif free == 0:  # no slot to claim into, but deadlines still end runs on time
                     self._lane.after_round(claimed_from=None, full=True)  # pass wake-ups on
@@ -199,7 +208,8 @@ class Worker:
             for run in claimed:
                 self._start(run, settings, lease_deadline)
             self.ready.set()
-            if free > 0 and len(claimed) == free:
+            if free > 0 and (len(claimed) == free or claim.others):
+                woke = set()
                 continue  # there may be more ready work
             timeout = self.poll_interval
             if not wake.pushes:
@@ -232,13 +242,21 @@ class Worker:
         self, workflows: list[tuple[str, str | None]], claim: Claimed
     ) -> float:
         """Seconds until the next timer: as the claim read it, else read now (a round trip
-        that would delay the runs just claimed: they start only when this awaits)."""
-        wake_at = claim.next_wake_at
-        if not claim.timers_read:
+        that would delay the runs just claimed: they start only when this awaits), but after a
+        claim of an offered run as last read, or that run's own time if it comes first (a run
+        due later)."""
+        if claim.timers_read:
+            self._next_wake_at = claim.next_wake_at
+        elif claim.offered:
+            if claim.next_wake_at is not None:
+                known = self._next_wake_at
+                self._next_wake_at = min(claim.next_wake_at, known or claim.next_wake_at)
+        else:
             try:
-                wake_at = await self.client.store.next_wake_at(workflows)
+                self._next_wake_at = await self.client.store.next_wake_at(workflows)
             except OwEsError:
                 return self.poll_interval
+        wake_at = self._next_wake_at
         if wake_at is None:
             return self.poll_interval
         return max(0.0, (wake_at - utcnow()).total_seconds())

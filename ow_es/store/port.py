@@ -198,7 +198,10 @@ class Claimed:
     ``overdue``: ready runs past their deadline it left to ``fail_overdue``; ``limited``: a
     served workflow has stored limits (a run that ends may free a place for another);
     ``next_wake_at``: the earliest timer or lease end of the served workflows, where the claim
-    read it too (``timers_read``; else the worker asks ``next_wake_at``)."""
+    read it too (``timers_read``; else the worker asks ``next_wake_at``); ``offered``: a claim of
+    the one run a wake-up named, which reads no other timer (the worker's last reading holds,
+    or ``next_wake_at``, the run's own time, if it is due later, comes first), and ``others``:
+    more may be ready (claim again at once)."""
 
     runs: list[WorkflowRun]
     retry_at: datetime | None = None
@@ -206,6 +209,8 @@ class Claimed:
     limited: bool = False
     timers_read: bool = False
     next_wake_at: datetime | None = None
+    offered: bool = False
+    others: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,13 @@ class OneStatementWrites(Protocol):
     ) -> Claimed | None:
         """Claim up to ``limit`` ready runs in one round trip; None where the transaction path
         must decide (stored limits, the append gate taken)."""
+        ...
+
+    async def claim_offered(
+        self, worker_id: str, workflows: Sequence[WorkflowKey], run_id: str, lease_seconds: float
+    ) -> Claimed | None:
+        """Claim ``run_id``, named by a wake-up, in one round trip if it is the run ``claim``
+        would take first; ``others`` tells whether more may be ready. None as for ``claim``."""
         ...
 
     async def write_singles(self, singles: Sequence[Single]) -> list[datetime | None]:

@@ -74,15 +74,27 @@ class Store:
         return (await self.claim_ready(worker_id, workflows, limit, lease_seconds)).runs
 
     async def claim_ready(
-        self, worker_id: str, workflows: Sequence[WorkflowKey], limit: int, lease_seconds: float
+        self,
+        worker_id: str,
+        workflows: Sequence[WorkflowKey],
+        limit: int,
+        lease_seconds: float,
+        offered: str | None = None,
     ) -> Claimed:
         """Claim up to ``limit`` ready runs: in one statement where the adapter can and no
-        served workflow has stored limits, else by the rules in a transaction."""
+        served workflow has stored limits, else by the rules in a transaction. ``offered``: the
+        run a wake-up named, claimed by its id where it is the one to take first (a lighter
+        statement); else, or when it took nothing and more is ready, as usual."""
         if limit <= 0 or not workflows:
             return Claimed(runs=[])
         served = tuple(sorted(workflows, key=lambda w: (w[0], w[1] or "")))
         single = self.adapter.single
         if single is not None and self._in_transaction_until.get(served, 0.0) <= monotonic():
+            if offered is not None:
+                by_id = await single.claim_offered(worker_id, workflows, offered, lease_seconds)
+                # It took its run, or nothing else is ready: else claim the usual way, now.
+                if by_id is not None and not by_id.overdue and (by_id.runs or not by_id.others):
+                    return by_id
             claimed = await single.claim(worker_id, workflows, limit, lease_seconds)
             if claimed is not None:
                 if claimed.overdue:

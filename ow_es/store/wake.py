@@ -91,6 +91,9 @@ class ReadyWaiter:
         return woken
 
 
+_OFFERS_KEPT = 8  # more wake-ups than this between two claims: the claim looks at everything
+
+
 class Lane:
     """A worker's own wake-up channel (PostgreSQL): a transaction that makes one run ready
     tells one live worker that serves it, chosen when it commits, instead of every worker.
@@ -98,7 +101,10 @@ class Lane:
     ``name`` is what the worker records in the registry (None: no lane, as on SQLite, where
     every wake-up is for everyone); ``signal`` counts the wake-ups that came on it (each also
     wakes every waiter of the process). A worker with no free slot passes a wake-up on to every
-    worker (``rebroadcast``); once closed, the listener passes on the ones still sent to it."""
+    worker (``rebroadcast``); once closed, the listener passes on the ones still sent to it.
+
+    A wake-up on the lane names its run (``offer``); one that came to every worker names none.
+    The worker claims a run named alone by its id (``take_offered``)."""
 
     def __init__(
         self,
@@ -110,6 +116,23 @@ class Lane:
         self.signal = ReadySignal()
         self._rebroadcast = rebroadcast
         self._close = close
+        self._offered: list[str] = []
+        self._unnamed = True  # until the first take: the first claim looks at everything
+
+    def offer(self, run_id: str | None) -> None:
+        """A wake-up that came: for ``run_id``, or (None) for whatever may be ready."""
+        if run_id and not self._unnamed and len(self._offered) < _OFFERS_KEPT:
+            self._offered.append(run_id)
+        else:
+            self._unnamed = True
+
+    def take_offered(self) -> str | None:
+        """The run named by the only wake-up since the last take, if it named one; and start
+        again."""
+        one = self._offered[0] if len(self._offered) == 1 and not self._unnamed else None
+        self._offered.clear()
+        self._unnamed = False
+        return one
 
     def rebroadcast(self) -> None:
         """Wake every worker (sent in the background)."""

@@ -476,13 +476,8 @@ GROUP BY 1, 2, 3
 -- Nothing is claimed, and the flags say why, while the append gate is taken or a served
 -- workflow has stored limits; runs past their deadline are counted for fail_overdue; a claim
 -- that leaves slots free returns the next timer (next_wake) as of its snapshot.
-WITH gate AS (SELECT pg_try_advisory_xact_lock_shared(%(gate)s) AS held),
-limited AS (
-    SELECT EXISTS (
-        SELECT 1 FROM run_limits
-        WHERE namespace_id = %(ns)s AND workflow_name = ANY(%(names)s::text[])) AS yes
-),
-free AS (SELECT (SELECT held FROM gate) AND NOT (SELECT yes FROM limited) AS go),
+WITH
+-- include: may_claim
 queued AS (
     SELECT r.id, 0 AS tier, r.priority, r.available_at, r.deadline_at, r.workflow_name, r.version
     FROM workflow_runs r
@@ -527,6 +522,42 @@ chosen AS (
       AND
       -- include: served_pair
 ),
+-- include: claimed_rows
+SELECT run.*, (SELECT held FROM gate) AS gate_held, (SELECT yes FROM limited) AS limited,
+       (SELECT count(*) FROM picked WHERE deadline_at <= now()) AS overdue,
+       -- A claim that leaves slots free tells when to look again (no read of its own after).
+       CASE WHEN (SELECT count(*) FROM run) < %(limit)s THEN
+-- include: next_wake
+       END AS wake_at
+FROM (SELECT 1) AS one LEFT JOIN run ON true
+ORDER BY run.claim_order
+
+-- name: claimed_by_tokens
+-- The runs a one-statement claim whose reply was lost holds (its tokens were made client-side).
+SELECT * FROM workflow_runs
+WHERE namespace_id = %(ns)s AND claim_token = ANY(%(tokens)s::text[]) AND status = 'running'
+
+-- name: served_pair
+-- The row's exact (name, version) pair is served (a scalar subquery: see within_limits).
+coalesce((
+    SELECT true FROM unnest(%(pairs_names)s::text[], %(pairs_versions)s::text[]) AS p(name, version)
+    WHERE p.name = r.workflow_name AND p.version = coalesce(r.version, '')
+    LIMIT 1), false)
+
+-- name: may_claim
+-- The one-statement claims' first CTEs: whether they may claim at all (``go``): not while the
+-- append gate is taken (a reproject swapping) or a served workflow has stored limits.
+gate AS (SELECT pg_try_advisory_xact_lock_shared(%(gate)s) AS held),
+limited AS (
+    SELECT EXISTS (
+        SELECT 1 FROM run_limits
+        WHERE namespace_id = %(ns)s AND workflow_name = ANY(%(names)s::text[])) AS yes
+),
+free AS (SELECT (SELECT held FROM gate) AND NOT (SELECT yes FROM limited) AS go),
+
+-- name: claimed_rows
+-- The one-statement claims' last CTEs: the runs of ``chosen`` (its ids in claim order, a token
+-- each) updated as folding run_claimed does, and their events appended.
 run AS (
     UPDATE workflow_runs w SET
         status = 'running',
@@ -553,23 +584,64 @@ event AS (
            now()
     FROM run
 )
+
+-- name: claim_offered
+-- The claim of the one run a lane wake-up named (store/postgres/claim.py): a primary-key
+-- lookup instead of claim_in_one's three scans, taken only when it is the run claim_in_one
+-- would take first (no queued run of a served workflow before it by priority then age, no
+-- due timer). ``others``: more may be ready for the served workflows (a queued run, a due
+-- timer, an expired lease): the caller claims with claim_in_one, at once. ``wake_at``: the
+-- run's time, when it is due later (a delayed start: a new timer for the worker).
+WITH
+-- include: may_claim
+offered AS (
+    SELECT r.id, r.priority, r.available_at, r.deadline_at, r.waiting_for IS NULL AS queued
+    FROM workflow_runs r
+    WHERE r.namespace_id = %(ns)s AND r.id = %(id)s
+      AND r.status IN ('pending', 'running') AND r.available_at IS NOT NULL
+      AND
+      -- include: served_pair
+    FOR UPDATE OF r SKIP LOCKED
+),
+head AS (
+    SELECT r.priority, r.available_at FROM workflow_runs r
+    WHERE
+    -- include: queued_runs
+      AND r.id <> %(id)s
+      AND
+      -- include: served_pair
+    ORDER BY r.priority DESC, r.available_at
+    LIMIT 1
+),
+due AS (
+    SELECT EXISTS (
+        SELECT FROM workflow_runs r
+        WHERE
+        -- include: due_timers
+    ) AS yes
+),
+expired AS (
+    SELECT EXISTS (
+        SELECT FROM workflow_runs r
+        WHERE
+        -- include: expired_leases
+    ) AS yes
+),
+chosen AS (
+    SELECT array_agg(o.id) AS ids
+    FROM offered o
+    WHERE o.queued AND o.available_at <= now()
+      AND (o.deadline_at IS NULL OR o.deadline_at > now())
+      AND (SELECT go FROM free) AND NOT (SELECT yes FROM due)
+      AND NOT EXISTS (
+          SELECT FROM head h
+          WHERE h.priority > o.priority
+             OR (h.priority = o.priority AND h.available_at < o.available_at))
+),
+-- include: claimed_rows
 SELECT run.*, (SELECT held FROM gate) AS gate_held, (SELECT yes FROM limited) AS limited,
-       (SELECT count(*) FROM picked WHERE deadline_at <= now()) AS overdue,
-       -- A claim that leaves slots free tells when to look again (no read of its own after).
-       CASE WHEN (SELECT count(*) FROM run) < %(limit)s THEN
--- include: next_wake
-       END AS wake_at
+       (SELECT count(*) FROM offered WHERE available_at <= now() AND deadline_at <= now())
+           AS overdue,
+       EXISTS (SELECT FROM head) OR (SELECT yes FROM due) OR (SELECT yes FROM expired) AS others,
+       (SELECT available_at FROM offered WHERE available_at > now()) AS wake_at
 FROM (SELECT 1) AS one LEFT JOIN run ON true
-ORDER BY run.claim_order
-
--- name: claimed_by_tokens
--- The runs a one-statement claim whose reply was lost holds (its tokens were made client-side).
-SELECT * FROM workflow_runs
-WHERE namespace_id = %(ns)s AND claim_token = ANY(%(tokens)s::text[]) AND status = 'running'
-
--- name: served_pair
--- The row's exact (name, version) pair is served (a scalar subquery: see within_limits).
-coalesce((
-    SELECT true FROM unnest(%(pairs_names)s::text[], %(pairs_versions)s::text[]) AS p(name, version)
-    WHERE p.name = r.workflow_name AND p.version = coalesce(r.version, '')
-    LIMIT 1), false)

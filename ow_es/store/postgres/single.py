@@ -54,7 +54,9 @@ class OneStatementAppends:
         self._connection = connection
         self._gate_key = gate_key
         self._channels = channels
-        self.claim = claims.claim  # the claim in one statement (store/postgres/claim.py)
+        # The claims in one statement (store/postgres/claim.py).
+        self.claim = claims.claim
+        self.claim_offered = claims.claim_offered
 
     async def write_singles(self, singles: Sequence[Single]) -> list[datetime | None]:
         """Alone in autocommit, or several in one pipelined transaction (in the order given,

@@ -60,8 +60,11 @@ class Channels:
         """The notifications to send: at most one for the runs made ready (one run: to a
         worker that serves it), and the ended runs' ids in chunks that fit a payload."""
         if ready:
-            workflow = next(iter(ready.values())) if len(ready) == 1 else None
-            yield Note(self.ready, "", self.namespace, workflow)
+            if len(ready) == 1:  # to a worker's lane: the run's id lets it claim that one
+                ((run_id, workflow),) = ready.items()
+                yield Note(self.ready, run_id, self.namespace, workflow)
+            else:
+                yield Note(self.ready, "")
         chunk: list[str] = []
         size = 0
         for run_id in done:
@@ -141,14 +144,21 @@ class PostgresWakeChannel:
 
     def _dispatch(self, channel: str, payload: str) -> None:
         if channel == self._channels.ready:
-            self._ready.set()
+            self._wake_every_worker()
         elif channel == self._channels.done:
             self._done.notify(payload.split(","))
         elif (lane := self._lanes.get(channel)) is not None:
+            lane.offer(payload)
             lane.signal.set()
             self._ready.set()
         else:  # a lane closed by now: its worker no longer claims
             self._rebroadcast()
+
+    def _wake_every_worker(self) -> None:
+        """'Something may be ready', naming no run: every worker looks at everything."""
+        for lane in self._lanes.values():
+            lane.offer(None)
+        self._ready.set()
 
     async def _listen_forever(self) -> None:
         backoff = 0.1
@@ -185,7 +195,7 @@ class PostgresWakeChannel:
             await self._run_commands(conn)
             self._listening.set()
             # Anything sent while we were not listening is lost: re-check everything now.
-            self._ready.set()
+            self._wake_every_worker()
             self._done.notify_all()
             while True:
                 if await self._receive(conn):
