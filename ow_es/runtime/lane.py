@@ -32,6 +32,12 @@ class LaneWakes:
         elif claimed_from is not None:
             self._answered = max(self._answered, claimed_from)
 
+    def offered(self, woke: set[str]) -> str | None:
+        """The run to claim by its id: named by the only wake-up since the last round, when
+        nothing else woke the worker (no timer due, no slot freed). Called every round."""
+        named = self.lane.take_offered()
+        return named if woke == {"ready"} else None
+
     async def wait(self, timeout: float) -> bool:
         """While full: True at a lane wake-up not yet answered (the next round passes it on),
         False after ``timeout``."""

@@ -185,9 +185,7 @@ class Worker:
         while not self._stopping.is_set():
             free = self.concurrency - len(self._active)
             claim, seen, claimed_from = Claimed(runs=[]), self._lane.seen, None
-            # Woken for one run alone (no timer due, no slot freed): a claim of that run.
-            offered = self._lane.lane.take_offered()
-            offered = offered if woke == {"ready"} else None
+            offered = self._lane.offered(woke)  # woken for one run alone: claim it by its id
             # The lease runs from before the claim was sent, never later than the database's.
             lease_deadline = asyncio.get_running_loop().time() + self.lease
             try:
@@ -248,9 +246,8 @@ class Worker:
         if claim.timers_read:
             self._next_wake_at = claim.next_wake_at
         elif claim.offered:
-            if claim.next_wake_at is not None:
-                known = self._next_wake_at
-                self._next_wake_at = min(claim.next_wake_at, known or claim.next_wake_at)
+            times = (self._next_wake_at, claim.next_wake_at)
+            self._next_wake_at = min((t for t in times if t is not None), default=None)
         else:
             try:
                 self._next_wake_at = await self.client.store.next_wake_at(workflows)

@@ -91,9 +91,6 @@ class ReadyWaiter:
         return woken
 
 
-_OFFERS_KEPT = 8  # more wake-ups than this between two claims: the claim looks at everything
-
-
 class Lane:
     """A worker's own wake-up channel (PostgreSQL): a transaction that makes one run ready
     tells one live worker that serves it, chosen when it commits, instead of every worker.
@@ -116,23 +113,21 @@ class Lane:
         self.signal = ReadySignal()
         self._rebroadcast = rebroadcast
         self._close = close
-        self._offered: list[str] = []
+        self._named: str | None = None  # the run of the only wake-up since the last take
         self._unnamed = True  # until the first take: the first claim looks at everything
 
     def offer(self, run_id: str | None) -> None:
-        """A wake-up that came: for ``run_id``, or (None) for whatever may be ready."""
-        if run_id and not self._unnamed and len(self._offered) < _OFFERS_KEPT:
-            self._offered.append(run_id)
-        else:
-            self._unnamed = True
+        """A wake-up that came: for ``run_id``, or (None, "") for whatever may be ready."""
+        if run_id and self._named is None and not self._unnamed:
+            self._named = run_id
+        else:  # none named, or more than one wake-up: the claim looks at everything
+            self._named, self._unnamed = None, True
 
     def take_offered(self) -> str | None:
         """The run named by the only wake-up since the last take, if it named one; and start
         again."""
-        one = self._offered[0] if len(self._offered) == 1 and not self._unnamed else None
-        self._offered.clear()
-        self._unnamed = False
-        return one
+        named, self._named, self._unnamed = self._named, None, False
+        return named
 
     def rebroadcast(self) -> None:
         """Wake every worker (sent in the background)."""
