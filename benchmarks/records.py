@@ -184,13 +184,14 @@ class Wake:
 
 @dataclass
 class LongVariant:
-    label: str  # "as is", "replay cache off", "replay cache on (N bytes)"
+    label: str  # "as is", "replay cache off", "replay cache on (N bytes)"[, "sleeping runs held"]
     replay_cache_bytes: int | None
     run_seconds: float
     wakes: list[Wake]
     first_ms: float  # median wake cost of the first five wake-ups (steps 10-50)
     last_ms: float  # ... of the last five (steps 960-1000)
     slope_ms_per_100_steps: float  # least squares over every wake-up
+    hold_parked_runs: int | None = None  # the worker's hold_parked_runs, when set
 
     @property
     def growth(self) -> float:
@@ -209,7 +210,8 @@ class LongHistory:
 
     @property
     def judged(self) -> LongVariant:
-        """The variant the target is judged on: the cache on when there is one."""
+        """The variant the target is judged on: the last, the worker's best setting for the
+        run (sleeping runs held, where the worker can; else the cache on, where it has one)."""
         return self.variants[-1]
 
 

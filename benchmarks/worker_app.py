@@ -31,6 +31,13 @@ from ow_es.gc_tuning import tune_for_worker
 TIMES_KEPT = 200_000  # per-run claim times kept at most (memory stays bounded)
 
 
+def supports_holding() -> bool:
+    """Whether this ow_es's worker takes ``hold_parked_runs`` (held sleeping runs)."""
+    from ow_es.runtime.worker import Worker
+
+    return "hold_parked_runs" in inspect.signature(Worker.__init__).parameters
+
+
 def supports_replay_cache() -> bool:
     """Whether this ow_es's worker takes ``replay_cache_bytes`` (a worker-local replay cache)."""
     from ow_es.runtime.worker import Worker, WorkerOptions
@@ -86,6 +93,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--replay-cache-bytes", type=int, default=None, help="the worker's replay cache size"
     )
+    parser.add_argument(
+        "--hold-parked-runs", type=int, default=None, help="runs held in a sleep, at most"
+    )
     return parser.parse_args(argv)
 
 
@@ -96,6 +106,8 @@ async def serve(args: argparse.Namespace) -> None:
     options: dict[str, Any] = {"concurrency": args.concurrency}
     if args.replay_cache_bytes is not None:
         options["replay_cache_bytes"] = args.replay_cache_bytes
+    if args.hold_parked_runs is not None:
+        options["hold_parked_runs"] = args.hold_parked_runs
     async with ow:
         counter = ClaimCounter(ow.store) if args.stats is not None else None
         worker = ow.worker(**options)

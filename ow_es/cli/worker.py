@@ -112,6 +112,16 @@ def _duration(text: str) -> Duration:
     " reads only the newer events (0: off).",
 )
 @click.option(
+    "--hold-parked-runs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    envvar="OW_ES_HOLD_PARKED_RUNS",
+    show_envvar=True,
+    help="Runs parked on a sleep whose workflow function this worker keeps suspended, so that"
+    " its next claim of one goes on from the sleep instead of replaying the function (0: off).",
+)
+@click.option(
     "--gc-threshold",
     type=click.IntRange(min=0),
     default=gc_tuning.DEFAULT_THRESHOLD,
@@ -136,6 +146,7 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     replay_cache_bytes: int,
+    hold_parked_runs: int,
     gc_threshold: int,
 ) -> None:
     """Run a worker for APP: `module:attr` (an ow_es.OpenWorkflow made at import time) or
@@ -155,6 +166,7 @@ def worker(
             poll_interval=_duration(poll_interval),
             metrics_port=metrics_port,
             replay_cache_bytes=replay_cache_bytes,
+            hold_parked_runs=hold_parked_runs,
         )
         await serve(client, runner, grace, connect_timeout)
 

@@ -1,11 +1,16 @@
 """Replay one claimed run: re-run the workflow function from the top, answering recorded
-steps from the history and recording new ones, until it finishes or parks."""
+steps from the history and recording new ones, until it finishes or parks.
+
+A run that parks on a sleep may instead be held (``runtime/held.py``): its workflow function
+stays suspended in the sleep, and this worker's next claim of the run continues it there,
+under the new claim, with no replay."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +27,7 @@ from ow_es.models import WorkflowRun
 from ow_es.payload import check_name, error_info, from_json_value, to_json_value
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.context import Context, RunInfo, Steps
+from ow_es.runtime.held import HeldRuns
 from ow_es.runtime.history import History
 from ow_es.runtime.replay_cache import ReplayCache, Replayed, replay
 from ow_es.runtime.unwind import Park, RunLost, Stale
@@ -45,6 +51,7 @@ class Settings:
     max_crashes: int = 5  # executor crashes in a row before the run is failed
     max_suspensions: int = 100  # RetryAfter suspensions of one step before one counts
     replay_cache: ReplayCache | None = None  # the replay states of runs this worker parked
+    held: HeldRuns | None = None  # the suspended functions of runs it parked on a sleep
 
 
 class Execution:
@@ -74,6 +81,10 @@ class Execution:
         # was paused past it must not start user code for a run that may be someone else's.
         loop = asyncio.get_running_loop()
         self.lease_deadline = lease_deadline or loop.time() + settings.lease_seconds
+        # The workflow function's task: it outlives this claim when the run is held.
+        self._body: asyncio.Future[tuple[str, Any]] | None = None
+        self._holding: asyncio.Future[None] | None = None  # set when the body holds
+        self._held: tuple[Park, asyncio.Future[None]] | None = None  # where the body waits
 
     @property
     def token(self) -> str:
@@ -124,14 +135,20 @@ class Execution:
     # -- driving ---------------------------------------------------------------------------
 
     async def execute(self) -> None:
+        await self._guarded(self._execute())
+
+    async def _execute(self) -> None:
+        if not await self._load_history():
+            return
+        if self.history.crashes >= self.settings.max_crashes:
+            await self._fail_crashed()
+            return
+        await self._close_abandoned_attempts()
+        await self._run_to_end()
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
         try:
-            if not await self._load_history():
-                return
-            if self.history.crashes >= self.settings.max_crashes:
-                await self._fail_crashed()
-                return
-            await self._close_abandoned_attempts()
-            await self._run_to_end()
+            await work
         except RunLost:
             log.info("run %s: claim lost, dropping it", self.run.id)
         except Stale:
@@ -199,22 +216,110 @@ class Execution:
             self.history.add(self.writer.seq, utcnow(), event)
 
     async def _run_to_end(self) -> None:
-        body = asyncio.ensure_future(self._call_body())
+        if self._body is None:
+            self._body = asyncio.ensure_future(self._call_body())
+        body = self._body
+        loop = asyncio.get_running_loop()
+        self._holding = holding = loop.create_future()
         timer = None
         if self.run.deadline_at is not None:
             delay = max(0.0, (self.run.deadline_at - utcnow()).total_seconds())
-            timer = asyncio.get_running_loop().call_later(delay, self._deadline, body)
+            timer = loop.call_later(delay, self._deadline, body)
         try:
-            outcome, value = await body
+            await _first_of(body, holding)
+            if body.done():
+                outcome, value = body.result()
+            else:
+                outcome, value = "held", None
         except asyncio.CancelledError:
             if not self._deadline_hit:
                 raise
             outcome, value = "deadline", None
         finally:
+            holding.cancel()  # no hold once the body has ended or the claim is going
             if timer is not None:
                 timer.cancel()
+        if outcome == "held":
+            await self._park_held()
+            return
         await self._wait_idle()
         await self._finish(outcome, value)
+
+    # -- held runs (runtime/held.py) --------------------------------------------------------
+
+    async def hold(self, park: Park) -> bool:
+        """Wait here, suspended, for this worker's next claim of the run instead of unwinding;
+        False where the run must unwind as usual: holding is off, or the park is not the
+        body's only step in flight. Raises the park when the worker lets the body go."""
+        holding = self._holding
+        if (
+            self.settings.held is None
+            or holding is None
+            or holding.done()
+            or self._inflight != 1
+            or self._parks
+            or self.limit_exceeded
+            or self._deadline_hit
+        ):
+            return False
+        self.parking(park)
+        woken = asyncio.get_running_loop().create_future()
+        self._held = (park, woken)
+        holding.set_result(None)
+        await woken
+        return True
+
+    async def _park_held(self) -> None:
+        """Park the run as usual; the body stays where it waits if the worker keeps it."""
+        try:
+            await self._park()
+        except BaseException:
+            self.let_go()
+            raise
+
+    def may_resume(self, run: WorkflowRun) -> bool:
+        """``run`` (claimed by this worker) is ours as we parked it plus only its claim: the
+        held body may go on under that claim."""
+        return (
+            self._held is not None
+            and run.created_at == self.run.created_at
+            and run.seq == self.writer.seq + 1
+            and run.claim_token is not None
+        )
+
+    async def resume(self, run: WorkflowRun, lease_deadline: float | None = None) -> None:
+        """Go on with the held body under the claim ``run`` holds (``may_resume`` said so)."""
+        assert self._held is not None
+        _, woken = self._held
+        self._held = None
+        self.run = run
+        self.writer = RunWriter(run, self.settings.committer, self.settings.store)
+        self.append = self.writer.append
+        assert run.claim_token is not None and run.worker_id is not None
+        claimed = ev.RunClaimed(
+            worker_id=run.worker_id,
+            claim_token=run.claim_token,
+            lease_until=run.lease_until or run.updated_at,
+        )
+        self.history.add(run.seq, run.updated_at, claimed)
+        self._parks.clear()
+        loop = asyncio.get_running_loop()
+        self.lease_deadline = lease_deadline or loop.time() + self.settings.lease_seconds
+        cache = self.settings.replay_cache
+        self._replayed = cache.take(run.id) if cache is not None else None
+        woken.set_result(None)  # the body goes on once this task awaits it
+        await self._guarded(self._run_to_end())
+
+    def let_go(self) -> asyncio.Future[tuple[str, Any]] | None:
+        """Unwind the held body (the park is raised where it waits): it writes nothing.
+        Returns the body's task, which ends on the next turns of the loop."""
+        if self._held is None:
+            return None
+        park, woken = self._held
+        self._held = None
+        if not woken.done():
+            woken.set_exception(park)
+        return self._body
 
     def _deadline(self, body: asyncio.Future[Any]) -> None:
         self._deadline_hit = True
@@ -330,9 +435,15 @@ class Execution:
         self._parked()
 
     def _parked(self) -> None:
-        """We parked the run: keep its history as read for our next claim of it."""
+        """We parked the run: keep its history as read for our next claim of it, and its
+        body if it holds."""
         if self._replayed is not None and self.settings.replay_cache is not None:
             self.settings.replay_cache.put(self.run.id, self._replayed)
+        if self._held is not None:
+            if self.settings.held is None:
+                self.let_go()
+            else:
+                self.settings.held.keep(self.run.id, self)
 
     async def _release(self, reason: str, error: dict[str, Any] | None = None) -> None:
         released = ev.RunReleased(worker_id=self.worker_id, reason=reason, error=error)
@@ -382,3 +493,14 @@ class Execution:
     async def _wait_idle(self) -> None:
         """Let steps still running (siblings in a gather) finish and record their results."""
         await self._idle.wait()
+
+
+async def _first_of(body: asyncio.Future[Any], holding: asyncio.Future[None]) -> None:
+    """Until the body ends or holds. Cancelled, the body is cancelled and awaited, as when it
+    is awaited directly."""
+    try:
+        await asyncio.wait([body, holding], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        body.cancel()
+        await asyncio.wait([body])
+        raise

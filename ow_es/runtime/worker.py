@@ -19,6 +19,7 @@ from ow_es.metrics import WorkerMetrics
 from ow_es.models import WorkerInfo, WorkflowRun
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.executor import Execution, Settings
+from ow_es.runtime.held import HeldRuns
 from ow_es.runtime.lane import LaneWakes
 from ow_es.runtime.replay_cache import ReplayCache
 from ow_es.runtime.run_log import log_end
@@ -52,6 +53,7 @@ class WorkerOptions(TypedDict, total=False):
     metrics_port: int | None
     metrics: WorkerMetrics | None
     replay_cache_bytes: int
+    hold_parked_runs: int
 
 
 class Worker:
@@ -69,6 +71,7 @@ class Worker:
         metrics_port: int | None = None,
         metrics: WorkerMetrics | None = None,
         replay_cache_bytes: int = 64 * 1024 * 1024,
+        hold_parked_runs: int = 0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -79,6 +82,10 @@ class Worker:
             raise ValueError("replay_cache_bytes must be at least 0 (0 turns the cache off)")
         # The replay states of runs this worker parked (runtime/replay_cache.py); 0: none.
         self.replay_cache = ReplayCache(replay_cache_bytes) if replay_cache_bytes else None
+        if hold_parked_runs < 0:
+            raise ValueError("hold_parked_runs must be at least 0 (0 turns holding off)")
+        # Runs parked on a sleep whose function waits for our next claim (runtime/held.py).
+        self.held = HeldRuns(hold_parked_runs) if hold_parked_runs else None
         # Prometheus metrics (ow_es.metrics), served on metrics_port while the worker runs.
         if metrics is None and metrics_port is not None:
             metrics = WorkerMetrics(port=metrics_port)
@@ -128,6 +135,7 @@ class Worker:
             max_crashes=self.max_crashes,
             max_suspensions=self.client.max_suspensions,
             replay_cache=self.replay_cache,
+            held=self.held,
         )
         self._run_task = asyncio.current_task()
         if handle_signals:
@@ -151,6 +159,11 @@ class Worker:
             await self._abort()
             raise
         finally:
+            if self.held is not None:  # their runs are parked: any worker may take them
+                unwinding = self.held.let_go_all()
+                if unwinding:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait(unwinding, timeout=_ABORT_SECONDS / 3)
             heartbeats.cancel()
             schedules.cancel()
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -290,8 +303,13 @@ class Worker:
         if workflow is None:  # cannot happen: the claim filters by registered name and version
             log.error("claimed run %s of unknown workflow %s", run.id, run.workflow_name)
             return
-        execution = Execution(run, workflow, settings, lease_deadline)
-        task = asyncio.create_task(execution.execute(), name=f"ow-es-run-{run.id}")
+        held = self.held.take(run) if self.held is not None else None
+        if isinstance(held, Execution):  # its function waits in a sleep: go on from there
+            execution, work = held, held.resume(run, lease_deadline)
+        else:
+            execution = Execution(run, workflow, settings, lease_deadline)
+            work = execution.execute()
+        task = asyncio.create_task(work, name=f"ow-es-run-{run.id}")
         self._active[run.id] = (task, execution)
         task.add_done_callback(functools.partial(self._finished, run.id))
 

@@ -56,6 +56,12 @@ class StepHost(Protocol):
         """Note that the run parks (sleep, wait, retry); the executor records the earliest."""
         ...
 
+    async def hold(self, park: Park) -> bool:
+        """Park, but keep the workflow function suspended here until this worker's next claim
+        of the run (``runtime/held.py``); False where it must unwind (raise the park) instead.
+        Raises the park when the worker lets the function go."""
+        ...
+
     def begin_attempt(self, name: str, attempt: int) -> None:
         """Count a new attempt of a function step; raises ``StepLimitExceeded`` (and the run
         fails once its steps settle) when the run has made all it may."""

@@ -44,20 +44,22 @@ async def sleep(
             ]
         )
         started_at = appended.run.updated_at
-    if wake <= utcnow():
-        await ex.append(
-            [
-                ev.StepCompleted(
-                    step_name=name,
-                    kind="sleep",
-                    attempt=1,
-                    started_at=started_at,
-                    worker_id=ex.worker_id,
-                )
-            ]
-        )
-        return
-    raise ex.parking(Park("sleep", name, wake))
+    while wake > utcnow():
+        park = Park("sleep", name, wake)
+        if not await ex.hold(park):
+            raise ex.parking(park)
+        # Held (runtime/held.py): our next claim of the run goes on here. Is the sleep over?
+    await ex.append(
+        [
+            ev.StepCompleted(
+                step_name=name,
+                kind="sleep",
+                attempt=1,
+                started_at=started_at,
+                worker_id=ex.worker_id,
+            )
+        ]
+    )
 
 
 async def wait_for_signal(

@@ -1,0 +1,75 @@
+"""A worker's held runs: runs it parked on a sleep whose workflow function it keeps suspended
+in that sleep, so that its next claim of the run goes on from there instead of replaying the
+function from the top (whose cost grows with the run's history).
+
+The run is parked in the database exactly as without holding (its sleep recorded, its claim
+let go): any worker may claim it when it is due. Only a claim by this worker that follows on
+from the park (the run's ``seq`` one past the park: nothing but that claim happened since, and
+the run is the same one) continues the held function; any other claim, an eviction (more held
+runs than ``max_runs``, least recently parked first) or the worker stopping unwinds it as a
+park always does, writing nothing, and the run is replayed as usual wherever it is claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from ow_es.models import WorkflowRun
+
+
+class Holding(Protocol):
+    """An execution whose body waits, suspended, for the next claim of its run."""
+
+    def may_resume(self, run: WorkflowRun) -> bool: ...
+
+    def let_go(self) -> asyncio.Future[Any] | None:
+        """Unwind the held function; returns its task (it unwinds on the next loop turns)."""
+        ...
+
+
+class HeldRuns:
+    """Held executions by run id, least recently parked first, at most ``max_runs``."""
+
+    def __init__(self, max_runs: int) -> None:
+        if max_runs < 1:
+            raise ValueError("holding parked runs needs room for at least one (0 turns it off)")
+        self.max_runs = max_runs
+        self._entries: OrderedDict[str, Holding] = OrderedDict()
+        self.resumed = 0  # claims that went on with a held function
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keep(self, run_id: str, execution: Holding) -> None:
+        """Hold ``execution`` (its run just parked); let the oldest go while over the bound."""
+        previous = self._entries.pop(run_id, None)
+        if previous is not None and previous is not execution:
+            previous.let_go()
+        self._entries[run_id] = execution
+        while len(self._entries) > self.max_runs:
+            _, evicted = self._entries.popitem(last=False)
+            evicted.let_go()
+
+    def take(self, run: WorkflowRun) -> Holding | None:
+        """The held execution to go on with under this claim of ``run``, if it may; else
+        None (one held for it is let go: the claim replays the run)."""
+        execution = self._entries.pop(run.id, None)
+        if execution is None:
+            return None
+        if not execution.may_resume(run):
+            execution.let_go()
+            return None
+        self.resumed += 1
+        return execution
+
+    def let_go_all(self) -> list[asyncio.Future[Any]]:
+        """The worker stops: unwind every held function; their tasks, to await."""
+        bodies = []
+        while self._entries:
+            _, execution = self._entries.popitem(last=False)
+            body = execution.let_go()
+            if body is not None:
+                bodies.append(body)
+        return bodies
