@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ow_es import events as ev
@@ -68,12 +68,12 @@ def _shut_down(server: Any) -> None:
 
 
 class _Live(Collector):
-    """Gauges read when scraped: the worker's slots and the store's pool."""
+    """Read when scraped: the worker's slots, its held runs and the store's pool."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         worker = self.metrics.worker
         slots = GaugeMetricFamily(
             "ow_es_worker_slots", "Execution slots of this worker.", labels=["state"]
@@ -83,6 +83,19 @@ class _Live(Collector):
         slots.add_metric(["busy"], busy)
         slots.add_metric(["idle"], max(total - busy, 0))
         yield slots
+        held = worker.held if worker is not None else None
+        if held is not None:  # only where holding is on (hold_parked_runs)
+            now = GaugeMetricFamily(
+                "ow_es_worker_held_runs",
+                "Runs parked on a sleep whose workflow function this worker holds.",
+            )
+            now.add_metric([], len(held))
+            yield now
+            resumed = CounterMetricFamily(
+                "ow_es_worker_held_resumes", "Claims that went on with a held workflow function."
+            )
+            resumed.add_metric([], held.resumed)
+            yield resumed
         stats = worker.client.store.pool_stats() if worker is not None else None
         if stats is not None:
             pool = GaugeMetricFamily(

@@ -250,6 +250,7 @@ async def test_worker_metrics_after_a_known_workload(make_client: Any, db: dict[
 
     assert value(samples, "ow_es_worker_slots", state="busy") == 0
     assert value(samples, "ow_es_worker_slots", state="idle") == 4
+    assert not [key for key in samples if key[0].startswith("ow_es_worker_held")]  # holding off
     pool = [key for key in samples if key[0] == "ow_es_db_pool_connections"]
     if db["backend"] == "postgres":
         in_use = value(samples, "ow_es_db_pool_connections", state="in_use")
@@ -257,3 +258,27 @@ async def test_worker_metrics_after_a_known_workload(make_client: Any, db: dict[
         assert len(pool) == 2
     else:
         assert pool == []  # SQLite has no pool
+
+
+async def test_a_worker_holding_runs_counts_them_and_its_resumes(
+    make_client: ClientFactory,
+) -> None:
+    ow = await make_client()
+
+    @ow.workflow(name="napping")
+    async def napping(ctx: Context, inp: None) -> str:
+        for nap in ("first", "second"):
+            await ctx.step.sleep(nap, "200ms")
+        return "rested"
+
+    await ow.connect()
+    async with running_worker(ow, metrics_port=0, hold_parked_runs=5) as worker:
+        port = worker.metrics.bound_port
+        assert port
+        handle = await napping.start(None)
+        assert await handle.result(timeout=30) == "rested"
+        samples = await asyncio.to_thread(scrape, port)
+    wakes = [e.type for e in await ow.history(handle.run_id)].count("run_claimed") - 1
+    assert wakes >= 1
+    assert value(samples, "ow_es_worker_held_resumes_total") == wakes == worker.held.resumed
+    assert value(samples, "ow_es_worker_held_runs") == 0  # the run ended: nothing is held
