@@ -87,7 +87,7 @@ class _Live(Collector):
         if held is not None:  # only where holding is on (hold_parked_runs)
             now = GaugeMetricFamily(
                 "ow_es_worker_held_runs",
-                "Runs parked on a sleep whose workflow function this worker holds.",
+                "Runs parked on a wait whose workflow function this worker holds.",
             )
             now.add_metric([], len(held))
             yield now

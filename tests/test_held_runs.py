@@ -1,11 +1,13 @@
 """Held runs (``hold_parked_runs``): a worker keeps the workflow function of a run it parked on
-a sleep suspended there, and its next claim of the run goes on from the sleep instead of
-replaying the function; anything else that happens to the run (another worker's claim, an
-eviction, the worker stopping) lets the function go, and the run is replayed as usual."""
+a sleep or a wait for a signal suspended there, and its next claim of the run goes on from the
+wait (with the signal, read since the park) instead of replaying the function; another worker's
+claim in between, an eviction or the worker stopping lets the function go, and the run is
+replayed as usual."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
@@ -46,13 +48,13 @@ def _napper(ow: ow_es.OpenWorkflow, body: Body, naps: int = 3, nap: str = "200ms
     return napper
 
 
-def _reads(ow: ow_es.OpenWorkflow) -> list[str]:
-    """The run ids of every history read through the client's store."""
-    reads: list[str] = []
+def _reads(ow: ow_es.OpenWorkflow) -> list[tuple[str, int]]:
+    """Every history read through the client's store: (run id, read after seq)."""
+    reads: list[tuple[str, int]] = []
     real_read = ow.store.read_run_events
 
     async def read_run_events(run_id: str, after: int = 0) -> Any:
-        reads.append(run_id)
+        reads.append((run_id, after))
         return await real_read(run_id, after)
 
     ow.store.read_run_events = read_run_events  # type: ignore[method-assign]
@@ -69,7 +71,7 @@ async def test_a_held_run_goes_on_from_its_sleep_without_replay_or_history_read(
     async with running_worker(ow, poll_interval="50ms", hold_parked_runs=10) as worker:
         handle = await napper.start()
         assert await handle.result(timeout=20) == [0, 1, 2, 3]
-    assert handle.run_id not in reads  # each claim went on from the function it held
+    assert [r for r in reads if r[0] == handle.run_id] == []  # each claim went on, no read
     claims = (await event_types(ow, handle.run_id)).count("run_claimed")
     assert claims >= 3  # the start, then one claim per sleep that parked (3 but on a slow day)
     assert worker.held is not None and worker.held.resumed == claims - 1
@@ -90,6 +92,40 @@ async def test_a_held_run_writes_the_history_a_replayed_one_does(ow: ow_es.OpenW
         histories.append([(e.type, e.data.get("step_name"), e.data.get("kind")) for e in events])
     assert histories[0] == histories[1]
     assert body.entered == 3 + 1  # replayed: once per claim; held: once
+
+
+async def test_a_held_wait_for_a_signal_goes_on_with_only_the_events_since_its_park(
+    ow: ow_es.OpenWorkflow,
+) -> None:
+    body = Body()
+
+    @ow.workflow(name="held-listener")
+    async def listener(ctx: ow_es.Context) -> list[Any]:
+        body.entered += 1
+        try:
+            got = []
+            for i in range(3):
+                got.append(await ctx.step.wait_for_signal(f"go-{i}"))
+            got.append(await ctx.step.wait_for_signal("late", timeout="200ms"))  # times out
+            return got
+        finally:
+            body.ended += 1
+
+    await ow.connect()
+    reads = _reads(ow)
+    async with running_worker(ow, poll_interval="50ms", hold_parked_runs=10) as worker:
+        handle = await listener.start()
+        for i in range(3):
+            step = f"go-{i}"
+            await eventually(functools.partial(parked, ow, handle.run_id, "signal", step=step))
+            assert await ow.send_signal(step, {"n": i}) == [handle.run_id]
+        assert await handle.result(timeout=20) == [{"n": 0}, {"n": 1}, {"n": 2}, None]
+    mine = [after for run_id, after in reads if run_id == handle.run_id]
+    assert (body.entered, body.ended) == (1, 1)  # one call of the function, never replayed
+    assert worker.held is not None and worker.held.resumed == 4  # three signals, one timeout
+    # Each signal's claim read only what came after its park (the signal, the claim); the
+    # timeout's claim read nothing (the claimed row is all that happened).
+    assert len(mine) == 3 and all(after > 2 for after in mine)
 
 
 async def test_a_sleep_beside_another_step_in_flight_unwinds_as_usual(
@@ -135,7 +171,9 @@ async def test_a_held_function_is_let_go_when_another_worker_claimed_the_run_mea
     async with serving(a):
         handle = await napper.start()
         await eventually(lambda: parked(ow, handle.run_id, "sleep", step="nap-0"))
-        assert a.held is not None and len(a.held) == 1
+        held = a.held
+        assert held is not None
+        await eventually(lambda: len(held) == 1)  # kept just after its park's commit
         hogging = await hog.start()  # a's one slot is taken when the nap ends: b claims
         await eventually(lambda: _running(ow, hogging.run_id))
         async with running_worker(ow, worker_id="b", poll_interval="50ms"):
@@ -145,7 +183,7 @@ async def test_a_held_function_is_let_go_when_another_worker_claimed_the_run_mea
         await hogging.result(timeout=20)
     events = await ow.history(handle.run_id)
     assert [e.data["worker_id"] for e in events if e.type == "run_claimed"] == ["a", "b", "a"]
-    assert a.held.resumed == 0  # b's claim came between: a's held function was let go
+    assert held.resumed == 0  # b's claim came between: a's held function was let go
     assert (body.entered, body.ended) == (3, 3)  # a, b's replay, a's replay: all ended
     assert [e.type for e in events].count("run_completed") == 1
 
@@ -182,8 +220,10 @@ async def test_a_stopping_worker_lets_its_held_functions_go_and_another_replays_
     async with running_worker(ow, poll_interval="50ms", hold_parked_runs=10) as worker:
         handle = await napper.start()
         await eventually(lambda: parked(ow, handle.run_id, "sleep", step="nap-0"))
-        assert worker.held is not None and len(worker.held) == 1
-    assert len(worker.held) == 0 and (body.entered, body.ended) == (1, 1)  # unwound at stop
+        held = worker.held
+        assert held is not None
+        await eventually(lambda: len(held) == 1)  # kept just after its park's commit
+    assert len(held) == 0 and (body.entered, body.ended) == (1, 1)  # unwound at stop
     async with running_worker(ow, poll_interval="50ms"):
         assert await handle.result(timeout=20) == [0, 1]
     assert (body.entered, body.ended) == (2, 2)

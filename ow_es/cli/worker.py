@@ -118,8 +118,9 @@ def _duration(text: str) -> Duration:
     show_default=True,
     envvar="OW_ES_HOLD_PARKED_RUNS",
     show_envvar=True,
-    help="Runs parked on a sleep whose workflow function this worker keeps suspended, so that"
-    " its next claim of one goes on from the sleep instead of replaying the function (0: off).",
+    help="Runs parked on a sleep or a signal wait whose workflow function this worker keeps"
+    " suspended, so that its next claim of one goes on from there instead of replaying the"
+    " function (0: off).",
 )
 @click.option(
     "--gc-threshold",

@@ -1,9 +1,9 @@
 """Replay one claimed run: re-run the workflow function from the top, answering recorded
 steps from the history and recording new ones, until it finishes or parks.
 
-A run that parks on a sleep may instead be held (``runtime/held.py``): its workflow function
-stays suspended in the sleep, and this worker's next claim of the run continues it there,
-under the new claim, with no replay."""
+A run that parks on a sleep or a wait for a signal may instead be held (``runtime/held.py``):
+its workflow function stays suspended there, and this worker's next claim of the run continues
+it, under the new claim, with no replay."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.context import Context, RunInfo, Steps
 from ow_es.runtime.held import HeldRuns
 from ow_es.runtime.history import History
-from ow_es.runtime.replay_cache import ReplayCache, Replayed, replay
+from ow_es.runtime.replay_cache import ReplayCache, Replayed, follows, replay
 from ow_es.runtime.unwind import Park, RunLost, Stale
 from ow_es.runtime.writer import RunWriter
 from ow_es.store import Store
@@ -38,6 +38,15 @@ from ow_es.workflow import Workflow
 log = logging.getLogger("ow_es.executor")
 
 _FAR_FUTURE = datetime.max.replace(tzinfo=utcnow().tzinfo)
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """An event of the run, decoded, to fold into its history."""
+
+    seq: int
+    created_at: datetime
+    data: ev.EventData
 
 
 @dataclass
@@ -51,7 +60,7 @@ class Settings:
     max_crashes: int = 5  # executor crashes in a row before the run is failed
     max_suspensions: int = 100  # RetryAfter suspensions of one step before one counts
     replay_cache: ReplayCache | None = None  # the replay states of runs this worker parked
-    held: HeldRuns | None = None  # the suspended functions of runs it parked on a sleep
+    held: HeldRuns | None = None  # the suspended functions of runs it parked on a wait
 
 
 class Execution:
@@ -65,8 +74,21 @@ class Execution:
         self.run = run
         self.workflow = workflow
         self.settings = settings
-        self.writer = RunWriter(run, settings.committer, settings.store)
+        self._claimed(run, lease_deadline)
+        self._fresh()
+
+    def _claimed(self, run: WorkflowRun, lease_deadline: float | None) -> None:
+        """Hold the run by this claim of it."""
+        self.run = run
+        self.writer = RunWriter(run, self.settings.committer, self.settings.store)
         self.append = self.writer.append  # every write goes through the run's submit path
+        # When our lease runs out unless a heartbeat moved it (event-loop clock): a worker that
+        # was paused past it must not start user code for a run that may be someone else's.
+        loop = asyncio.get_running_loop()
+        self.lease_deadline = lease_deadline or loop.time() + self.settings.lease_seconds
+
+    def _fresh(self) -> None:
+        """The state of a replay that has not begun."""
         self.history = History()
         self._replayed: Replayed | None = None  # the history as read, for the replay cache
         self._names: dict[str, int] = {}  # base name -> last suffix handed out
@@ -77,10 +99,6 @@ class Execution:
         self._idle.set()
         self.limit_exceeded = False
         self._deadline_hit = False
-        # When our lease runs out unless a heartbeat moved it (event-loop clock): a worker that
-        # was paused past it must not start user code for a run that may be someone else's.
-        loop = asyncio.get_running_loop()
-        self.lease_deadline = lease_deadline or loop.time() + settings.lease_seconds
         # The workflow function's task: it outlives this claim when the run is held.
         self._body: asyncio.Future[tuple[str, Any]] | None = None
         self._holding: asyncio.Future[None] | None = None  # set when the body holds
@@ -278,37 +296,66 @@ class Execution:
             raise
 
     def may_resume(self, run: WorkflowRun) -> bool:
-        """``run`` (claimed by this worker) is ours as we parked it plus only its claim: the
-        held body may go on under that claim."""
+        """``run``, claimed by this worker, is the one we parked, and newer: ``resume`` then
+        checks what happened since (only this claim, or events for the run such as the signal
+        it waits for) and goes on with the held body, or else replays the run."""
         return (
             self._held is not None
             and run.created_at == self.run.created_at
-            and run.seq == self.writer.seq + 1
+            and run.seq > self.writer.seq
             and run.claim_token is not None
         )
 
     async def resume(self, run: WorkflowRun, lease_deadline: float | None = None) -> None:
-        """Go on with the held body under the claim ``run`` holds (``may_resume`` said so)."""
+        """Go on with the held body under the claim ``run`` holds, with the events since the
+        park folded in; if another claim came between them, let the body go and replay."""
+        await self._guarded(self._resume(run, lease_deadline))
+
+    async def _resume(self, run: WorkflowRun, lease_deadline: float | None) -> None:
         assert self._held is not None
+        parked_at = self.writer.seq
+        self._claimed(run, lease_deadline)
+        since = await self._events_since(parked_at, run)
+        if since is None:  # someone else held the run meanwhile: its held body is stale
+            body = self.let_go()
+            if body is not None:
+                await asyncio.wait([body])  # it unwinds with this state before we reset it
+            self._fresh()
+            await self._execute()
+            return
+        for event in since:
+            self.history.add(event.seq, event.created_at, event.data)
         _, woken = self._held
         self._held = None
-        self.run = run
-        self.writer = RunWriter(run, self.settings.committer, self.settings.store)
-        self.append = self.writer.append
-        assert run.claim_token is not None and run.worker_id is not None
-        claimed = ev.RunClaimed(
-            worker_id=run.worker_id,
-            claim_token=run.claim_token,
-            lease_until=run.lease_until or run.updated_at,
-        )
-        self.history.add(run.seq, run.updated_at, claimed)
         self._parks.clear()
-        loop = asyncio.get_running_loop()
-        self.lease_deadline = lease_deadline or loop.time() + self.settings.lease_seconds
+        if self.settings.held is not None:
+            self.settings.held.went_on()
         cache = self.settings.replay_cache
         self._replayed = cache.take(run.id) if cache is not None else None
         woken.set_result(None)  # the body goes on once this task awaits it
-        await self._guarded(self._run_to_end())
+        await self._run_to_end()
+
+    async def _events_since(self, parked_at: int, run: WorkflowRun) -> list[HistoryEvent] | None:
+        """The run's events after our park, as decoded data: our claim alone (from its row, no
+        read) or whatever was appended before it (read); None when they hold another claim."""
+        if run.seq == parked_at + 1:
+            assert run.claim_token is not None and run.worker_id is not None
+            claimed = ev.RunClaimed(
+                worker_id=run.worker_id,
+                claim_token=run.claim_token,
+                lease_until=run.lease_until or run.updated_at,
+            )
+            return [HistoryEvent(run.seq, run.updated_at, claimed)]
+        try:
+            newer = await self.settings.store.read_run_events(run.id, after=parked_at)
+        except StoreUnavailable:
+            return None  # the replay's own read decides (it hands the run back if it fails)
+        if not follows(parked_at, newer, run):
+            return None
+        return [
+            HistoryEvent(e.seq, e.created_at, ev.decode_data(e.type, e.schema_version, e.data))
+            for e in newer
+        ]
 
     def let_go(self) -> asyncio.Future[tuple[str, Any]] | None:
         """Unwind the held body (the park is raised where it waits): it writes nothing.

@@ -1,13 +1,15 @@
-"""A worker's held runs: runs it parked on a sleep whose workflow function it keeps suspended
-in that sleep, so that its next claim of the run goes on from there instead of replaying the
-function from the top (whose cost grows with the run's history).
+"""A worker's held runs: runs it parked on a sleep or a wait for a signal whose workflow
+function it keeps suspended there, so that its next claim of the run goes on from there instead
+of replaying the function from the top (whose cost grows with the run's history).
 
-The run is parked in the database exactly as without holding (its sleep recorded, its claim
-let go): any worker may claim it when it is due. Only a claim by this worker that follows on
-from the park (the run's ``seq`` one past the park: nothing but that claim happened since, and
-the run is the same one) continues the held function; any other claim, an eviction (more held
-runs than ``max_runs``, least recently parked first) or the worker stopping unwinds it as a
-park always does, writing nothing, and the run is replayed as usual wherever it is claimed.
+The run is parked in the database exactly as without holding (its wait recorded, its claim let
+go): any worker may claim it when it is due. A claim by this worker continues the held function
+when the run is the same one and its events since the park hold no other claim: then they are
+folded into the execution's history (the signal it waits for, say; just the claim after a sleep,
+taken from the claimed row without a read) and the wait looks again. After another claim came
+between, an eviction (more held runs than ``max_runs``, least recently parked first) or the
+worker stopping, the held function unwinds as a park always does, writing nothing, and the run
+is replayed as usual wherever it is claimed.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class HeldRuns:
             raise ValueError("holding parked runs needs room for at least one (0 turns it off)")
         self.max_runs = max_runs
         self._entries: OrderedDict[str, Holding] = OrderedDict()
-        self.resumed = 0  # claims that went on with a held function
+        self.resumed = 0  # claims that went on with a held function (``went_on``)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -53,16 +55,19 @@ class HeldRuns:
             evicted.let_go()
 
     def take(self, run: WorkflowRun) -> Holding | None:
-        """The held execution to go on with under this claim of ``run``, if it may; else
-        None (one held for it is let go: the claim replays the run)."""
+        """The held execution for this claim of ``run``, to resume (which goes on with it or
+        replays); None when there is none or it cannot be the run's (it is let go)."""
         execution = self._entries.pop(run.id, None)
         if execution is None:
             return None
         if not execution.may_resume(run):
             execution.let_go()
             return None
-        self.resumed += 1
         return execution
+
+    def went_on(self) -> None:
+        """A resumed execution went on with its held function."""
+        self.resumed += 1
 
     def let_go_all(self) -> list[asyncio.Future[Any]]:
         """The worker stops: unwind every held function; their tasks, to await."""

@@ -91,7 +91,7 @@ async def replay(store: Store, run: WorkflowRun, cache: ReplayCache | None) -> R
         return Replayed(history, 2 * _EVENT_OVERHEAD, run.created_at)
     if cache is not None and cached is not None and _may_follow(cached, run):
         newer = await store.read_run_events(run.id, after=cached.history.seq)
-        if _follows(cached.history.seq, newer, run):
+        if follows(cached.history.seq, newer, run):
             cache.hits += 1
             cached.history.extend(newer)
             cached.size += size_of(newer)
@@ -108,7 +108,7 @@ def _may_follow(cached: Replayed, run: WorkflowRun) -> bool:
     return cached.created_at == run.created_at and cached.history.seq < run.seq
 
 
-def _follows(seq: int, newer: list[Event], run: WorkflowRun) -> bool:
+def follows(seq: int, newer: list[Event], run: WorkflowRun) -> bool:
     """``newer`` goes on from seq ``seq`` without a gap, up to at least this claim, and holds
     no claim but this one."""
     if not newer or newer[0].seq != seq + 1 or newer[-1].seq < run.seq:

@@ -48,7 +48,7 @@ async def sleep(
         park = Park("sleep", name, wake)
         if not await ex.hold(park):
             raise ex.parking(park)
-        # Held (runtime/held.py): our next claim of the run goes on here. Is the sleep over?
+        # Held (runtime/held.py): our next claim of the run went on here. Is the sleep over?
     await ex.append(
         [
             ev.StepCompleted(
@@ -97,24 +97,30 @@ async def wait_for_signal(
         raw = started.input.get("until") if isinstance(started.input, dict) else None
         wake = datetime.fromisoformat(raw) if raw else None
         started_at = ex.history.started_at[name]
-    if wake is not None and wake <= utcnow():
-        # expect=True: a signal delivered meanwhile makes this stale instead of lost.
-        await ex.append(
-            [
-                ev.StepCompleted(
-                    step_name=name,
-                    kind="signal_wait",
-                    attempt=1,
-                    output=None,
-                    signal_name=signal,
-                    started_at=started_at,
-                    worker_id=ex.worker_id,
-                )
-            ],
-            expect=True,
-        )
-        return None
-    raise ex.parking(Park("signal", name, wake, signal=signal))
+    while wake is None or wake > utcnow():
+        park = Park("signal", name, wake, signal=signal)
+        if not await ex.hold(park):
+            raise ex.parking(park)
+        # Held (runtime/held.py): our next claim went on here, the events since folded in.
+        received = ex.history.signals.get(name)
+        if received is not None:
+            return received.data
+    # expect=True: a signal delivered meanwhile makes this stale instead of lost.
+    await ex.append(
+        [
+            ev.StepCompleted(
+                step_name=name,
+                kind="signal_wait",
+                attempt=1,
+                output=None,
+                signal_name=signal,
+                started_at=started_at,
+                worker_id=ex.worker_id,
+            )
+        ],
+        expect=True,
+    )
+    return None
 
 
 async def send_signal(ex: StepHost, signal: str, data: Any, *, name: str | None) -> list[str]:
