@@ -27,9 +27,9 @@ from ow_es.models import WorkflowRun
 from ow_es.payload import check_name, error_info, from_json_value, to_json_value
 from ow_es.runtime.committer import GroupCommitter
 from ow_es.runtime.context import Context, RunInfo, Steps
-from ow_es.runtime.held import HeldRuns
+from ow_es.runtime.held import HeldRuns, events_since
 from ow_es.runtime.history import History
-from ow_es.runtime.replay_cache import ReplayCache, Replayed, follows, replay
+from ow_es.runtime.replay_cache import ReplayCache, Replayed, replay
 from ow_es.runtime.unwind import Park, RunLost, Stale
 from ow_es.runtime.writer import RunWriter
 from ow_es.store import Store
@@ -38,15 +38,6 @@ from ow_es.workflow import Workflow
 log = logging.getLogger("ow_es.executor")
 
 _FAR_FUTURE = datetime.max.replace(tzinfo=utcnow().tzinfo)
-
-
-@dataclass(frozen=True)
-class HistoryEvent:
-    """An event of the run, decoded, to fold into its history."""
-
-    seq: int
-    created_at: datetime
-    data: ev.EventData
 
 
 @dataclass
@@ -315,7 +306,7 @@ class Execution:
         assert self._held is not None
         parked_at = self.writer.seq
         self._claimed(run, lease_deadline)
-        since = await self._events_since(parked_at, run)
+        since = await events_since(self.settings.store, parked_at, run)
         if since is None:  # someone else held the run meanwhile: its held body is stale
             body = self.let_go()
             if body is not None:
@@ -334,28 +325,6 @@ class Execution:
         self._replayed = cache.take(run.id) if cache is not None else None
         woken.set_result(None)  # the body goes on once this task awaits it
         await self._run_to_end()
-
-    async def _events_since(self, parked_at: int, run: WorkflowRun) -> list[HistoryEvent] | None:
-        """The run's events after our park, as decoded data: our claim alone (from its row, no
-        read) or whatever was appended before it (read); None when they hold another claim."""
-        if run.seq == parked_at + 1:
-            assert run.claim_token is not None and run.worker_id is not None
-            claimed = ev.RunClaimed(
-                worker_id=run.worker_id,
-                claim_token=run.claim_token,
-                lease_until=run.lease_until or run.updated_at,
-            )
-            return [HistoryEvent(run.seq, run.updated_at, claimed)]
-        try:
-            newer = await self.settings.store.read_run_events(run.id, after=parked_at)
-        except StoreUnavailable:
-            return None  # the replay's own read decides (it hands the run back if it fails)
-        if not follows(parked_at, newer, run):
-            return None
-        return [
-            HistoryEvent(e.seq, e.created_at, ev.decode_data(e.type, e.schema_version, e.data))
-            for e in newer
-        ]
 
     def let_go(self) -> asyncio.Future[tuple[str, Any]] | None:
         """Unwind the held body (the park is raised where it waits): it writes nothing.

@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
+from ow_es import events as ev
+from ow_es.errors import StoreUnavailable
 from ow_es.models import WorkflowRun
+from ow_es.runtime.replay_cache import follows
+from ow_es.store import Store
 
 
 class Holding(Protocol):
@@ -78,3 +84,36 @@ class HeldRuns:
             if body is not None:
                 bodies.append(body)
         return bodies
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """An event of the run, decoded, to fold into a held execution's history."""
+
+    seq: int
+    created_at: datetime
+    data: ev.EventData
+
+
+async def events_since(store: Store, parked_at: int, run: WorkflowRun) -> list[HistoryEvent] | None:
+    """The run's events after a park at ``parked_at`` up to this claim of ``run``: the claim
+    alone (from its row, no read) or whatever was appended before it (read); None when they
+    hold another claim (or cannot be read: the replay's own read decides then)."""
+    if run.seq == parked_at + 1:
+        assert run.claim_token is not None and run.worker_id is not None
+        claimed = ev.RunClaimed(
+            worker_id=run.worker_id,
+            claim_token=run.claim_token,
+            lease_until=run.lease_until or run.updated_at,
+        )
+        return [HistoryEvent(run.seq, run.updated_at, claimed)]
+    try:
+        newer = await store.read_run_events(run.id, after=parked_at)
+    except StoreUnavailable:
+        return None
+    if not follows(parked_at, newer, run):
+        return None
+    return [
+        HistoryEvent(e.seq, e.created_at, ev.decode_data(e.type, e.schema_version, e.data))
+        for e in newer
+    ]
