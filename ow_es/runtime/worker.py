@@ -201,6 +201,7 @@ class Worker:
             offered = self._lane.offered(woke)  # woken for one run alone: claim it by its id
             # The lease runs from before the claim was sent, never later than the database's.
             lease_deadline = asyncio.get_running_loop().time() + self.lease
+            claim_sent = utcnow()  # what was due by then, the claim saw
             try:
                 if free > 0 and claiming:
                     claim = await store.claim_ready(
@@ -228,7 +229,7 @@ class Worker:
                 idle_wait = _FAST_POLL if claimed else min(idle_wait * 2, self.poll_interval)
                 timeout = idle_wait
             if free > len(claimed):
-                timeout = min(timeout, await self._until_next_timer(workflows, claim))
+                timeout = min(timeout, await self._until_next_timer(workflows, claim, claim_sent))
                 if claim.retry_at is not None:
                     until_free = (claim.retry_at - utcnow()).total_seconds()
                     timeout = min(timeout, max(_FAST_POLL, until_free))
@@ -250,16 +251,21 @@ class Worker:
         await self.client.store.fail_overdue(self.worker_id, workflows)
 
     async def _until_next_timer(
-        self, workflows: list[tuple[str, str | None]], claim: Claimed
+        self, workflows: list[tuple[str, str | None]], claim: Claimed, claim_sent: datetime
     ) -> float:
         """Seconds until the next timer: as the claim read it, else read now (a round trip
         that would delay the runs just claimed: they start only when this awaits), but after a
         claim of an offered run as last read, or that run's own time if it comes first (a run
-        due later)."""
+        due later). A time of the last reading that was past when that claim was sent is
+        dropped: the claim found nothing else ready (else it would have claimed again), so it
+        was the offered run's own, or is taken."""
         if claim.timers_read:
             self._next_wake_at = claim.next_wake_at
         elif claim.offered:
-            times = (self._next_wake_at, claim.next_wake_at)
+            last = self._next_wake_at
+            if last is not None and last <= claim_sent:
+                last = None
+            times = (last, claim.next_wake_at)
             self._next_wake_at = min((t for t in times if t is not None), default=None)
         else:
             try:
