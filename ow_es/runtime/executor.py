@@ -229,23 +229,26 @@ class Execution:
             self._body = asyncio.ensure_future(self._call_body())
         body = self._body
         loop = asyncio.get_running_loop()
-        self._holding = holding = loop.create_future()
+        # Set when the body holds (only where the worker holds runs: else await the body).
+        holding = loop.create_future() if self.settings.held is not None else None
+        self._holding = holding
         timer = None
         if self.run.deadline_at is not None:
             delay = max(0.0, (self.run.deadline_at - utcnow()).total_seconds())
             timer = loop.call_later(delay, self._deadline, body)
         try:
-            await _first_of(body, holding)
-            if body.done():
-                outcome, value = body.result()
+            if holding is None:
+                outcome, value = await body
             else:
-                outcome, value = "held", None
+                await _first_of(body, holding)
+                outcome, value = body.result() if body.done() else ("held", None)
         except asyncio.CancelledError:
             if not self._deadline_hit:
                 raise
             outcome, value = "deadline", None
         finally:
-            holding.cancel()  # no hold once the body has ended or the claim is going
+            if holding is not None:
+                holding.cancel()  # no hold once the body has ended or the claim is going
             if timer is not None:
                 timer.cancel()
         if outcome == "held":
@@ -455,11 +458,8 @@ class Execution:
         body if it holds."""
         if self._replayed is not None and self.settings.replay_cache is not None:
             self.settings.replay_cache.put(self.run.id, self._replayed)
-        if self._held is not None:
-            if self.settings.held is None:
-                self.let_go()
-            else:
-                self.settings.held.keep(self.run.id, self)
+        if self._held is not None and self.settings.held is not None:  # hold() made sure
+            self.settings.held.keep(self.run.id, self)
 
     async def _release(self, reason: str, error: dict[str, Any] | None = None) -> None:
         released = ev.RunReleased(worker_id=self.worker_id, reason=reason, error=error)

@@ -51,10 +51,8 @@ class HeldRuns:
         return len(self._entries)
 
     def keep(self, run_id: str, execution: Holding) -> None:
-        """Hold ``execution`` (its run just parked); let the oldest go while over the bound."""
-        previous = self._entries.pop(run_id, None)
-        if previous is not None and previous is not execution:
-            previous.let_go()
+        """Hold ``execution`` (its run just parked: any earlier entry of the run was taken by
+        the claim it parked under); let the oldest go while over the bound."""
         self._entries[run_id] = execution
         while len(self._entries) > self.max_runs:
             _, evicted = self._entries.popitem(last=False)

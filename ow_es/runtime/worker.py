@@ -84,7 +84,7 @@ class Worker:
         self.replay_cache = ReplayCache(replay_cache_bytes) if replay_cache_bytes else None
         if hold_parked_runs < 0:
             raise ValueError("hold_parked_runs must be at least 0 (0 turns holding off)")
-        # Runs parked on a sleep whose function waits for our next claim (runtime/held.py).
+        # Runs parked on a wait whose function waits for our next claim (runtime/held.py).
         self.held = HeldRuns(hold_parked_runs) if hold_parked_runs else None
         # Prometheus metrics (ow_es.metrics), served on metrics_port while the worker runs.
         if metrics is None and metrics_port is not None:
@@ -310,7 +310,7 @@ class Worker:
             log.error("claimed run %s of unknown workflow %s", run.id, run.workflow_name)
             return
         held = self.held.take(run) if self.held is not None else None
-        if isinstance(held, Execution):  # its function waits in a sleep: go on from there
+        if isinstance(held, Execution):  # its function waits where it parked: go on from there
             execution, work = held, held.resume(run, lease_deadline)
         else:
             execution = Execution(run, workflow, settings, lease_deadline)

@@ -45,10 +45,7 @@ async def sleep(
         )
         started_at = appended.run.updated_at
     while wake > utcnow():
-        park = Park("sleep", name, wake)
-        if not await ex.hold(park):
-            raise ex.parking(park)
-        # Held (runtime/held.py): our next claim of the run went on here. Is the sleep over?
+        await _park(ex, Park("sleep", name, wake))  # held: is the sleep over now?
     await ex.append(
         [
             ev.StepCompleted(
@@ -60,6 +57,14 @@ async def sleep(
             )
         ]
     )
+
+
+async def _park(ex: StepHost, park: Park) -> None:
+    """Park the run: unwind (raise the park), or, where the worker holds the run, return when
+    its next claim of the run goes on here, with the events since folded into the history
+    (runtime/held.py)."""
+    if not await ex.hold(park):
+        raise ex.parking(park)
 
 
 async def wait_for_signal(
@@ -98,10 +103,7 @@ async def wait_for_signal(
         wake = datetime.fromisoformat(raw) if raw else None
         started_at = ex.history.started_at[name]
     while wake is None or wake > utcnow():
-        park = Park("signal", name, wake, signal=signal)
-        if not await ex.hold(park):
-            raise ex.parking(park)
-        # Held (runtime/held.py): our next claim went on here, the events since folded in.
+        await _park(ex, Park("signal", name, wake, signal=signal))  # held: the signal came?
         received = ex.history.signals.get(name)
         if received is not None:
             return received.data
