@@ -337,3 +337,17 @@ def test_the_next_timer_is_found_without_walking_parked_or_held_runs(
         literal = psycopg.ClientCursor(conn).mogrify(query, params)
         (plan,) = _row(conn, f"EXPLAIN (ANALYZE, FORMAT JSON) {literal}")
     assert _rows_read(plan[0]["Plan"]) <= 12, plan
+
+
+def test_the_statements_on_the_wake_up_path_are_parsed_once_per_process() -> None:
+    """psycopg converts a statement's ``%(name)s`` placeholders on every execution unless the
+    statement fits its parse cache (4 KiB); the claim of an offered run (the one a wake-up
+    names) is on the path from ``start()`` to the first step, so its text must fit. The
+    comments of queries.sql stay in the file and are not sent."""
+    from psycopg import _queries
+
+    limit = _queries.MAX_CACHED_STATEMENT_LENGTH
+    queries = load("postgres")
+    assert len(queries["claim_offered"].encode()) <= limit
+    commented = [name for name, query in queries.items() if "\n--" in f"\n{query}"]
+    assert commented == []
