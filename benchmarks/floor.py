@@ -105,6 +105,14 @@ async def _connect(url: str, schema: str) -> Conn:
     )
 
 
+async def insert_commit_p50(url: str, schema: str, samples: int = 200) -> float:
+    """The bare insert+commit p50 alone, in a fresh floor table of ``schema``: (f) measures it
+    at each of its points, beside (c)."""
+    async with await _connect(url, schema) as conn:
+        await conn.execute(sql.SQL(CREATE).format(schema=sql.Identifier(schema)))
+    return percentile(await _sequential(url, schema, samples, _one_insert), 50)
+
+
 # -- concurrent: the shape of (a) --------------------------------------------------------------
 
 

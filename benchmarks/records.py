@@ -136,7 +136,9 @@ class ScalePoint:
     p50_ms: float
     p99_ms: float
     claim_p50_ms: float | None
-    ms_per_step: float
+    ms_per_step: float  # the median of the (c) runs at this point
+    ms_per_step_runs: list[float] = field(default_factory=list)  # each (c) run's ms per step
+    insert_commit_ms: float | None = None  # the bare insert+commit p50 at this point
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Scale:
     seed_parked: int
     seed_events: int
     seed_seconds: float  # writing the whole seed (seed.sql), VACUUM (ANALYZE) included
+    checkpointed: bool = True  # a CHECKPOINT ended each seeding step
     points: list[ScalePoint] = field(default_factory=list)
 
     @property

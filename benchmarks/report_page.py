@@ -51,11 +51,17 @@ def _where_the_time_goes(result: Report) -> list[str]:
         lines.append(f"A sequential step took {c.ms_per_step:.3f} ms{cpu}{floor}.")
     if result.scale is not None and len(result.scale.points) > 1:
         f = result.scale
+        floor_drift = ""
+        if f.full.insert_commit_ms and f.empty.insert_commit_ms:
+            floor_drift = (
+                f"; the bare insert+commit measured beside (c) ran at "
+                f"{f.full.insert_commit_ms / f.empty.insert_commit_ms:.2f}x of its first figure"
+            )
         lines.append(
             f"With {f.full.events:,} events in the log, (a) ran at {f.workflows_ratio:.2f}x, "
             f"(b)'s p50 at {f.p50_ratio:.2f}x and (c) at {f.ms_per_step_ratio:.2f}x of their "
             "empty-database figures (the same namespace, measured minutes apart: this "
-            "machine's run-to-run noise is of the same order)."
+            f"machine's run-to-run noise is of the same order{floor_drift})."
         )
     h = result.many
     eight, one = (h.at(8), h.at(1)) if h is not None else (None, None)

@@ -2,22 +2,31 @@
 
 In a schema of its own (so that its baseline is an empty database, and its million events do
 not weigh on the other phases), one namespace is measured empty, then seeded in steps with
-``seed.sql`` (terminal and parked runs, their events and step attempts, VACUUM ANALYZE after
-each step) and measured again after each step: a growth curve, whose last point is compared
-with the first. The measured runs live in the seeded namespace itself, beside the history.
+``seed.sql`` (terminal and parked runs, their events and step attempts, VACUUM ANALYZE and a
+CHECKPOINT after each step) and measured again after each step: a growth curve, whose last
+point is compared with the first. The measured runs live in the seeded namespace itself,
+beside the history.
+
+(c) is a one-second run: at each point it runs ``C_RUNS`` times and the median counts, and the
+bare insert+commit is measured beside it, so that a point where the whole machine was slower
+shows as such.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Callable
 
+import floor
 import phases
 import psycopg
 from psycopg import sql
 from records import Scale, ScalePoint
 from seed import Seeder, events_for, parked_among
 from target import Target, client, create_schema, drop_schema
+
+C_RUNS = 3  # (c) runs at each point; the median counts
 
 
 async def _sizes(url: str, schema: str) -> tuple[int, int]:
@@ -41,7 +50,11 @@ async def _point(
     b = await phases.latency(
         target, namespace, runs=int(sizes["latency_runs"]), rate=float(sizes["rate"])
     )
-    c = await phases.sequential(target, namespace, steps=int(sizes["steps"]))
+    c_runs = [
+        (await phases.sequential(target, namespace, steps=int(sizes["steps"]))).ms_per_step
+        for _ in range(C_RUNS)
+    ]
+    insert_commit = await floor.insert_commit_p50(target.url, target.schema)
     return ScalePoint(
         seeded_runs=seeded,
         events=events,
@@ -51,7 +64,9 @@ async def _point(
         p50_ms=b.p50_ms,
         p99_ms=b.p99_ms,
         claim_p50_ms=b.claim_p50_ms,
-        ms_per_step=c.ms_per_step,
+        ms_per_step=statistics.median(c_runs),
+        ms_per_step_runs=c_runs,
+        insert_commit_ms=insert_commit,
     )
 
 
@@ -91,6 +106,7 @@ async def measure(
             progress(f"(f) measuring (a)-(c) with {seeder.events:,} seeded events ...")
             result.points.append(await _point(own, namespace, seeder.written, sizes))
         result.seed_seconds = seeder.seconds
+        result.checkpointed = seeder.checkpointed
         return result
     finally:
         await drop_schema(own.url, own.schema)

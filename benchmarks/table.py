@@ -193,7 +193,10 @@ def _scale(f: Scale) -> list[Row]:
             "(f) seeded: terminal / parked runs, events",
             f"{f.seed_terminal:,} / {f.seed_parked:,}, {f.seed_events:,}",
         ),
-        _info("(f) seeding s (seed.sql + VACUUM ANALYZE)", num(f.seed_seconds, 1)),
+        _info(
+            "(f) seeding s (seed.sql + VACUUM ANALYZE + CHECKPOINT)",
+            num(f.seed_seconds, 1) + ("" if f.checkpointed else " (CHECKPOINT not allowed)"),
+        ),
     ]
     empty = f.empty
     for point in f.points:
@@ -204,6 +207,17 @@ def _scale(f: Scale) -> list[Row]:
             _vs(f"{at} (b) p99 ms", point.p99_ms, empty.p99_ms, "ms empty"),
             _vs(f"{at} claim call p50 ms", point.claim_p50_ms, empty.claim_p50_ms, "ms empty"),
             _vs(f"{at} (c) ms per step", point.ms_per_step, empty.ms_per_step, "ms empty", 3),
+            _info(
+                f"{at} (c) each run's ms per step",
+                " / ".join(num(ms, 3) for ms in point.ms_per_step_runs),
+            ),
+            _vs(
+                f"{at} bare insert+commit p50 ms",
+                point.insert_commit_ms,
+                empty.insert_commit_ms,
+                "ms empty",
+                3,
+            ),
         ]
     return rows
 
