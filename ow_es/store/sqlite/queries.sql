@@ -78,6 +78,22 @@ WHERE r.namespace_id = :ns AND r.lease_until < :now AND r.status = 'running'
 ORDER BY r.lease_until
 LIMIT :limit
 
+-- name: claim_candidates
+-- A claim's three reads in one statement (one trip to aiosqlite's thread, not three): the
+-- ready runs (``tier`` 0: queued, then due timers) and the expired leases (``tier`` 1), each
+-- part in its own index order and within its own limit.
+SELECT 0 AS tier, * FROM (
+-- include: claim_queued
+)
+UNION ALL
+SELECT 0 AS tier, * FROM (
+-- include: claim_timers
+)
+UNION ALL
+SELECT 1 AS tier, * FROM (
+-- include: claim_expired
+)
+
 -- name: served_limits
 SELECT * FROM run_limits
 WHERE namespace_id = ? AND workflow_name IN (SELECT value FROM json_each(?))

@@ -120,12 +120,12 @@ class SqliteTransaction:
             "taken": tables.dumps(list(taken)),
             "limit": limit,
         }
-        ready = [
-            *await self._rows(Q["claim_queued"], params),
-            *await self._rows(Q["claim_timers"], params),
-        ]
+        candidates = await self._rows(Q["claim_candidates"], params)
+        tiers = [row.pop("tier") for row in candidates]  # 0: ready, 1: an expired lease
+        ready = [row for row, tier in zip(candidates, tiers, strict=True) if tier == 0]
         ready.sort(key=lambda r: (-r["priority"], r["available_at"]))
-        rows = [*ready, *await self._rows(Q["claim_expired"], params)][:limit]
+        expired = [row for row, tier in zip(candidates, tiers, strict=True) if tier == 1]
+        rows = [*ready, *expired][:limit]
         return Ready(
             rows=[codec.run_from_row(row) for row in rows],
             limits={row["workflow_name"]: limits_from_row(row) for row in stored},
