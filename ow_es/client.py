@@ -18,6 +18,7 @@ from ow_es.operations import Operations
 from ow_es.payload import check_name, check_priority, to_json_value
 from ow_es.projections import fold_run
 from ow_es.retry import WORKFLOW_DEFAULT, RetryPolicy
+from ow_es.runtime import handoff
 from ow_es.runtime.worker import Worker, WorkerOptions
 from ow_es.schedule import CatchUp, Overlap, Schedule, ScheduleInfo
 from ow_es.store import Appended, Store, make_store
@@ -61,6 +62,9 @@ class OpenWorkflow(Operations):
         self._store: Store | None = None
         self._workflows: dict[tuple[str, str | None], Workflow[Any]] = {}
         self._schedules: dict[str, tuple[Workflow[Any], Schedule]] = {}
+        # This client's workers while they claim: a start here is handed to one of them with
+        # a slot free, created already claimed by it (runtime/handoff.py).
+        self.claiming_workers: list[Worker] = []
 
     # -- connection ------------------------------------------------------------------------
 
@@ -236,8 +240,24 @@ class OpenWorkflow(Operations):
             key=key,
             priority=priority,
         )
-        # Sent again after a lost reply, the same request (same run id) finds its own run.
-        (outcome,) = await self._retrying("starting a run", lambda: self.store.append([request]))
+        held = None
+        if spec is not None and idempotency_key is None and start_at <= now:
+            held = handoff.reserve(
+                self.claiming_workers, name, version, limited=spec.limits is not None
+            )
+        if held is not None:
+            request = held.claiming(request)
+        try:
+            # Sent again after a lost reply, the same request (same run id) finds its own run.
+            (outcome,) = await self._retrying(
+                "starting a run", lambda: self.store.append([request])
+            )
+        except BaseException:
+            if held is not None:
+                held.cancel()
+            raise
+        if held is not None:
+            held.deliver(outcome)
         if not isinstance(outcome, Appended):
             raise outcome
         return RunHandle(self, outcome.run.id, outcome.run.workflow_name, spec)

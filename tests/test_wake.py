@@ -107,14 +107,17 @@ async def test_an_idle_worker_claims_on_a_wake_up_not_after_each_run_it_ends(
     """PostgreSQL (wake-ups are pushed): a run this worker ends readies no other, so claiming
     then would find nothing. Runs started one at a time are each claimed by the claim their
     NOTIFY caused, and almost no claim comes back empty. The NOTIFY names the run (it went to
-    this worker's lane), so the claim is of that run by its id: the lighter statement."""
+    this worker's lane), so the claim is of that run by its id: the lighter statement. The
+    runs are started by another client (a client's starts go to its own worker unclaimed)."""
     ow = ow_es.OpenWorkflow(str(pg_db["url"]), schema=str(pg_db["schema"]))
+    starter = ow_es.OpenWorkflow(str(pg_db["url"]), schema=str(pg_db["schema"]))
 
     @ow.workflow(name="one")
     async def one(ctx: ow_es.Context, n: int) -> int:
         return await ctx.step.run("twice", lambda: n * 2)
 
     await ow.connect()
+    await starter.connect()
     try:
         claims: list[int] = []
         by_id: list[str] = []
@@ -139,12 +142,13 @@ async def test_an_idle_worker_claims_on_a_wake_up_not_after_each_run_it_ends(
         async with running_worker(ow, poll_interval="30s"):
             handles = []
             for n in range(10):
-                handles.append(await one.start(n))
+                handles.append(await starter.start("one", n))
                 assert await handles[-1].result(timeout=10) == 2 * n
         assert sum(claims) == 10
         assert claims.count(0) <= 2, claims  # the first claim at start, and a spare at most
         assert by_id == [h.run_id for h in handles]
     finally:
+        await starter.close()
         await ow.close()
 
 
@@ -218,9 +222,10 @@ async def test_a_run_started_on_an_idle_fleet_wakes_one_worker_not_every_one(
 ) -> None:
     """Four idle workers, each with its own listener: a start's NOTIFY goes to one worker's
     lane, so runs started one at a time are claimed with next to no claim that finds nothing
-    (a broadcast made every worker claim: three empty claims per run)."""
-    async with _clients(pg_db, 4) as clients:
-        for ow in clients:
+    (a broadcast made every worker claim: three empty claims per run). A fifth client, which
+    runs no worker, starts them."""
+    async with _clients(pg_db, 5) as (*clients, starter):
+        for ow in (*clients, starter):
             _twice(ow)
             await ow.connect()
         counts = [_Claims(ow) for ow in clients]
@@ -232,7 +237,7 @@ async def test_a_run_started_on_an_idle_fleet_wakes_one_worker_not_every_one(
             for count in counts:
                 count.reset()  # the claims each worker made as it started
             for n in range(20):
-                assert await (await clients[0].start("twice", n)).result(timeout=10) == 2 * n
+                assert await (await starter.start("twice", n)).result(timeout=10) == 2 * n
             calls = sum(c.calls for c in counts)
             empty = sum(c.empty for c in counts)
             assert calls - empty == 20, [(c.calls, c.empty) for c in counts]
@@ -243,9 +248,9 @@ async def test_a_run_started_on_an_idle_fleet_wakes_one_worker_not_every_one(
 async def test_a_wake_up_for_a_full_worker_is_passed_on_at_once(pg_db: dict[str, object]) -> None:
     """The chosen worker has no free slot (the registry's ``busy`` is as of its last
     heartbeat): it passes the wake-up on to every worker, and another starts the run well
-    before the fallback poll."""
-    async with _clients(pg_db, 2) as (first, second):
-        for ow in (first, second):
+    before the fallback poll. A third client, which runs no worker, starts the run."""
+    async with _clients(pg_db, 3) as (first, second, starter):
+        for ow in (first, second, starter):
             _twice(ow)
 
         gate = asyncio.Event()
@@ -258,7 +263,7 @@ async def test_a_wake_up_for_a_full_worker_is_passed_on_at_once(pg_db: dict[str,
         async def hold(ctx: ow_es.Context) -> str:
             return await ctx.step.run("blocked", blocked)  # holds its slot
 
-        for ow in (first, second):
+        for ow in (first, second, starter):
             await ow.connect()
         async with (
             running_worker(first, concurrency=1, poll_interval="30s") as full,
@@ -274,7 +279,7 @@ async def test_a_wake_up_for_a_full_worker_is_passed_on_at_once(pg_db: dict[str,
                 )
             told = _lane_wakes(full)
             began = time.perf_counter()
-            handle = await second.start("twice", 21)
+            handle = await starter.start("twice", 21)
             assert await handle.result(timeout=10) == 42
             assert time.perf_counter() - began < 0.5  # the poll is 30 s
             assert _lane_wakes(full) == told + 1  # it went to the full worker's lane

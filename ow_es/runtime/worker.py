@@ -111,6 +111,13 @@ class Worker:
         self._releasing: asyncio.Future[None] | None = None  # kept so it is not collected
         self._lane = LaneWakes(Lane(None))  # its own wake-ups (runtime/lane.py), once running
         self._next_wake_at: datetime | None = None  # the served workflows' next timer, as read
+        # Starts of this client handed to this worker (runtime/handoff.py): slots held for
+        # starts in flight, whether its last claim saw stored limits, what it serves.
+        self._settings: Settings | None = None
+        self._reserved = 0
+        self._limited = True  # until a claim says no served workflow has stored limits
+        self._served: set[tuple[str, str | None]] = set()
+        self._handbacks: set[asyncio.Future[None]] = set()
 
     # -- public ----------------------------------------------------------------------------
 
@@ -138,6 +145,7 @@ class Worker:
             held=self.held,
         )
         self._run_task = asyncio.current_task()
+        self._settings, self._served = settings, set(workflows)
         if handle_signals:
             self._install_signal_handlers()
         if self.metrics is not None:
@@ -149,9 +157,11 @@ class Worker:
         )
         leaving = _LEAVE_SECONDS
         try:
+            self.client.claiming_workers.append(self)
             try:
                 await self._claim_loop(settings, workflows)
             finally:
+                self.client.claiming_workers.remove(self)  # no start is handed over now
                 self._lane.close()  # it claims no more: its wake-ups go to every worker
             await self._drain()
         except asyncio.CancelledError:  # also while draining: a second signal, say
@@ -184,6 +194,47 @@ class Worker:
     def busy_slots(self) -> int:
         return len(self._active)
 
+    # -- starts handed over by this client (runtime/handoff.py) ------------------------------
+
+    def reserve(self, workflow: tuple[str, str | None]) -> float | None:
+        """Hold a slot for a run of ``workflow`` this client is starting: the lease deadline
+        (event-loop clock) the run will hold, or None where this worker would not claim the
+        run at once (stopping, full, not serving it, stored limits seen at its last claim)."""
+        if (
+            self._settings is None
+            or self not in self.client.claiming_workers
+            or self._stopping.is_set()
+            or self._limited
+            or workflow not in self._served
+            or len(self._active) + self._reserved >= self.concurrency
+        ):
+            return None
+        self._reserved += 1
+        return asyncio.get_running_loop().time() + self.lease
+
+    def unreserve(self) -> None:
+        """A held slot is free again (the start failed, or returned another run)."""
+        self._reserved -= 1
+        self._slot_freed.set()
+
+    def adopt(self, run: WorkflowRun, lease_deadline: float) -> None:
+        """Execute a run this client started claimed by this worker, in its held slot; one
+        that comes after the worker stopped claiming is handed back at once."""
+        self._reserved -= 1
+        settings = self._settings
+        assert settings is not None  # set before any slot could be held
+        if self in self.client.claiming_workers and not self._stopping.is_set():
+            if self.metrics is not None:
+                self.metrics.claimed([run], self.client.store)
+            self._start(run, settings, lease_deadline)
+            return
+        workflow = self.client.registered(run.workflow_name, run.version)
+        assert workflow is not None  # it was served when the slot was held
+        execution = Execution(run, workflow, settings, lease_deadline)
+        handback = asyncio.ensure_future(execution.release_after_stop())
+        self._handbacks.add(handback)  # kept until done, so it is not collected
+        handback.add_done_callback(self._handbacks.discard)
+
     # -- loops -----------------------------------------------------------------------------
 
     async def _claim_loop(
@@ -196,7 +247,7 @@ class Worker:
         claiming = True  # False: only a run of ours ended, which readies no other
         woke: set[str] = set()
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._active)
+            free = self.concurrency - len(self._active) - self._reserved
             claim, seen, claimed_from = Claimed(runs=[]), self._lane.seen, None
             offered = self._lane.offered(woke)  # woken for one run alone: claim it by its id
             # The lease runs from before the claim was sent, never later than the database's.
@@ -208,6 +259,7 @@ class Worker:
                         self.worker_id, workflows, free, self.lease, offered=offered
                     )
                     claimed_from = seen
+                    self._limited = claim.limited
                 elif free == 0:  # no slot to claim into, but deadlines still end runs on time
                     self._lane.after_round(claimed_from=None, full=True)  # pass wake-ups on
                     await self._fail_overdue(workflows)
