@@ -221,6 +221,36 @@ async def test_a_new_run_is_one_statement(store: Store, monkeypatch: pytest.Monk
     assert (event.seq, event.type, event.created_at) == (1, "run_created", live.created_at)
 
 
+async def test_a_new_run_created_claimed_is_one_statement(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start handed to a worker of the same client (``runtime/handoff.py``): the run created
+    already claimed, its row and both events in one statement, the row as the fold makes it."""
+    request = created(None)
+    claim = ev.RunClaimed(worker_id="w", claim_token="t" * 32, lease_until=datetime.now(UTC))
+    request = AppendRequest(run_id=request.run_id, events=[*request.events, claim])
+    transactions = count_transactions(store, monkeypatch)
+    (outcome,) = await store.append([request])
+    assert transactions == []
+    assert isinstance(outcome, Appended) and outcome.created
+    live = await store.get_run(request.run_id)
+    assert live == outcome.run
+    assert live is not None and (live.status, live.claim_token, live.seq) == (
+        "running",
+        "t" * 32,
+        2,
+    )
+    events = await store.read_run_events(live.id)
+    assert [(e.seq, e.type, e.created_at) for e in events] == [
+        (1, "run_created", live.created_at),
+        (2, "run_claimed", live.created_at),
+    ]
+    folded = None
+    for event in events:
+        folded = apply_run(folded, recorded_from_event(event))
+    assert folded == live
+
+
 async def test_a_taken_key_returns_the_existing_run(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

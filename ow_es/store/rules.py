@@ -77,7 +77,9 @@ def single(namespace: str, request: AppendRequest) -> Single | None:
     time = TxTime(utcnow())
     plan = Plan()
     if is_create(request):
-        if request.claim_token is not None or len(request.events) != 1:
+        # A new run alone, or created claimed by a worker of the same client (handoff.py).
+        claimed = len(request.events) == 2 and isinstance(request.events[1], ev.RunClaimed)
+        if request.claim_token is not None or (len(request.events) != 1 and not claimed):
             return None
         new = fold(plan, None, request, time.marker, namespace)
         return Single(plan=plan, time=time, old=None, new=new, claim_token=None)
