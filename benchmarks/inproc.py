@@ -1,8 +1,9 @@
 """(i) in-process: start() -> first step when the worker runs in the client's own process.
 
 The worker is a task on the benchmark's own event loop and shares its client, so a start()
-wakes it in-process (no NOTIFY, no poll): SQLite's fast path (the issue's item 8 wants 2 ms
-p50 there). Paced as (b); the first step records ``time.time()`` when it starts.
+is handed to it (created already claimed by it: no NOTIFY, no poll, no claim): SQLite's fast
+path (the issue's item 8 wants 2 ms p50 there). Paced as (b); the first step records
+``time.time()`` when it starts.
 """
 
 from __future__ import annotations
