@@ -139,7 +139,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--workers-trickle", type=int, default=100, help="(h) runs started one at a time")
     add("--pgqueuer-jobs", type=int, default=1000, help="pgqueuer: the backlog it drains")
     add("--dbos-workflows", type=int, default=500, help="dbos: 4-step workflows to run")
-    add("--repeat", type=int, default=1, help="run each phase N times, report the median")
+    add("--repeat", type=int, default=1, help="N rounds of the phases; the median counts")
     add("--profile", type=Path, default=None, help="run workers under cProfile, stats to DIR")
     args = parser.parse_args(argv)
     if not args.database_url:
@@ -237,32 +237,33 @@ def describe(target: Target, settings: dict[str, Any]) -> dict[str, Any]:
 Measure = Callable[[str], Awaitable[Any]]
 
 
-async def run_phase(
-    result: report.Report, phase: str, measure: Measure, repeat: int, timeout: float
-) -> None:
-    """Run a phase ``repeat`` times (each in its own namespace), each bounded by ``timeout``."""
-    values = []
-    for attempt in range(1, repeat + 1):
-        progress(f"phase ({phase}) {attempt}/{repeat} ...")
-        began = time.perf_counter()
-        bound = asyncio.timeout(timeout)
-        try:
-            async with bound:
-                values.append(await measure(f"bench-{phase}{attempt}"))
-        except Skipped as exc:
-            result.errors[phase] = f"skipped: {exc}"
-        except TimeoutError as exc:
-            result.errors[phase] = (
-                f"timed out after {timeout:.0f}s" if bound.expired() else f"TimeoutError: {exc!r}"
-            )
-        except Exception as exc:
-            result.errors[phase] = f"{type(exc).__name__}: {exc}"
-        status = result.errors.get(phase, "ok")
-        progress(
-            f"phase ({phase}) {attempt}/{repeat} {status} in {time.perf_counter() - began:.1f}s"
+async def run_once(
+    result: report.Report, phase: str, measure: Measure, attempt: int, timeout: float
+) -> Any | None:
+    """Run a phase once (in its own namespace), bounded by ``timeout``; its value, or None
+    with the reason in ``result.errors``."""
+    progress(f"phase ({phase}) round {attempt} ...")
+    began = time.perf_counter()
+    bound = asyncio.timeout(timeout)
+    value = None
+    try:
+        async with bound:
+            value = await measure(f"bench-{phase}{attempt}")
+    except Skipped as exc:
+        result.errors[phase] = f"skipped: {exc}"
+    except TimeoutError as exc:
+        result.errors[phase] = (
+            f"timed out after {timeout:.0f}s" if bound.expired() else f"TimeoutError: {exc!r}"
         )
-        if phase in result.errors:
-            break
+    except Exception as exc:
+        result.errors[phase] = f"{type(exc).__name__}: {exc}"
+    status = result.errors.get(phase, "ok")
+    progress(f"phase ({phase}) round {attempt} {status} in {time.perf_counter() - began:.1f}s")
+    return value
+
+
+def keep_median(result: report.Report, phase: str, values: list[Any]) -> None:
+    """The repetition with the median headline figure is the phase's result; all are listed."""
     if values:
         headline = HEADLINES[phase]
         values.sort(key=headline)
@@ -325,13 +326,23 @@ async def run_all(args: argparse.Namespace, target: Target, only: list[str]) -> 
     result = report.Report(server=describe(target, settings))
     measure = measures(args, target)
     bounds = timeouts(args)
-    for phase in PHASES:
-        if phase not in only:
-            continue
+    chosen = [phase for phase in PHASES if phase in only]
+    for phase in chosen:
         if phase in POSTGRES_ONLY and target.backend != "postgres":
             result.errors[phase] = f"skipped: {POSTGRES_ONLY[phase]}"
-            continue
-        await run_phase(result, phase, measure[phase], args.repeat, bounds[phase])
+    # With --repeat, the repetitions are rounds of every phase (not each phase N times in a
+    # row): a figure, its floor and its peers are measured a few seconds apart in each round,
+    # so the machine's drift over minutes weighs on them alike.
+    values: dict[str, list[Any]] = {phase: [] for phase in chosen}
+    for attempt in range(1, args.repeat + 1):
+        for phase in chosen:
+            if phase in result.errors:
+                continue
+            value = await run_once(result, phase, measure[phase], attempt, bounds[phase])
+            if value is not None:
+                values[phase].append(value)
+    for phase in chosen:
+        keep_median(result, phase, values[phase])
     result.server["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     return result
 
