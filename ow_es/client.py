@@ -240,24 +240,24 @@ class OpenWorkflow(Operations):
             key=key,
             priority=priority,
         )
-        held = None
+        handed = None
         if spec is not None and idempotency_key is None and start_at <= now:
-            held = handoff.reserve(
+            handed = handoff.reserve(
                 self.claiming_workers, name, version, limited=spec.limits is not None
             )
-        if held is not None:
-            request = held.claiming(request)
+        if handed is not None:
+            request = handed.claiming(request)
         try:
             # Sent again after a lost reply, the same request (same run id) finds its own run.
             (outcome,) = await self._retrying(
                 "starting a run", lambda: self.store.append([request])
             )
         except BaseException:
-            if held is not None:
-                held.cancel()
+            if handed is not None:
+                handed.cancel()
             raise
-        if held is not None:
-            held.deliver(outcome)
+        if handed is not None:
+            handed.deliver(outcome)
         if not isinstance(outcome, Appended):
             raise outcome
         return RunHandle(self, outcome.run.id, outcome.run.workflow_name, spec)

@@ -17,7 +17,7 @@ from ow_es.durations import utcnow
 from ow_es.store.port import Claimed
 from tests.support.databases import ClientFactory
 from tests.support.waiting import eventually
-from tests.support.workers import running_worker
+from tests.support.workers import running_worker, slot_holder
 
 
 class Claims:
@@ -75,15 +75,7 @@ async def test_starts_beyond_the_free_slots_are_claimed_as_before(
     ow: ow_es.OpenWorkflow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = asyncio.Event()
-
-    async def blocked() -> str:
-        await gate.wait()
-        return "go"
-
-    @ow.workflow(name="hold")
-    async def hold(ctx: ow_es.Context) -> str:
-        return await ctx.step.run("blocked", blocked)
-
+    hold = slot_holder(ow, gate)
     await ow.connect()
     claims = Claims(ow, monkeypatch)
     async with running_worker(ow, concurrency=2, poll_interval="200ms") as worker:

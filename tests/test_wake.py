@@ -20,7 +20,7 @@ from ow_es.store.postgres.wake import Channels
 from ow_es.store.wake import Lane
 from tests.support.databases import ClientFactory
 from tests.support.waiting import eventually
-from tests.support.workers import running_worker
+from tests.support.workers import running_worker, slot_holder
 
 
 async def test_listener_reconnects_after_its_connection_dies(pg_url: str) -> None:
@@ -254,14 +254,7 @@ async def test_a_wake_up_for_a_full_worker_is_passed_on_at_once(pg_db: dict[str,
             _twice(ow)
 
         gate = asyncio.Event()
-
-        async def blocked() -> str:
-            await gate.wait()
-            return "go"
-
-        @first.workflow(name="hold")
-        async def hold(ctx: ow_es.Context) -> str:
-            return await ctx.step.run("blocked", blocked)  # holds its slot
+        hold = slot_holder(first, gate)  # each run holds its slot until the gate opens
 
         for ow in (first, second, starter):
             await ow.connect()

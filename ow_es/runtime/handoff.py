@@ -2,7 +2,8 @@
 
 A run started by a client whose own worker serves the workflow and has a slot free is created
 already claimed by that worker: ``run_created`` and ``run_claimed`` in the start's one
-transaction (the claim event as a claim writes it). The worker then executes the run from the
+transaction (the claim event a claim would write, its lease counted from the client's clock,
+the clock of the worker that holds it). The worker then executes the run from the
 row the start returned, with no wake-up and no claim of its own: one commit between
 ``start()`` and the first step instead of two.
 

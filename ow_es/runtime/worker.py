@@ -201,8 +201,7 @@ class Worker:
         (event-loop clock) the run will hold, or None where this worker would not claim the
         run at once (stopping, full, not serving it, stored limits seen at its last claim)."""
         if (
-            self._settings is None
-            or self not in self.client.claiming_workers
+            self not in self.client.claiming_workers  # claiming: its settings are set
             or self._stopping.is_set()
             or self._limited
             or workflow not in self._served

@@ -19,6 +19,21 @@ async def running_worker(client: ow_es.OpenWorkflow, **options: Any) -> AsyncIte
         yield worker
 
 
+def slot_holder(client: ow_es.OpenWorkflow, gate: asyncio.Event, name: str = "hold") -> Any:
+    """A workflow whose one step waits for ``gate``: each of its runs holds a worker slot
+    until the gate is set, then returns "go"."""
+
+    async def blocked() -> str:
+        await gate.wait()
+        return "go"
+
+    @client.workflow(name=name)
+    async def hold(ctx: ow_es.Context) -> str:
+        return await ctx.step.run("blocked", blocked)
+
+    return hold
+
+
 @contextlib.asynccontextmanager
 async def serving(worker: ow_es.Worker) -> AsyncIterator[ow_es.Worker]:
     """Run this worker in the background of this test; stop (and await) it at exit."""
